@@ -1,0 +1,113 @@
+"""The models a run evaluates and benchmarks: the base student, the merged student, each exported file.
+
+Exported artifacts are listed in ``artifacts/artifacts.json`` (written by the export stage after each one
+passed verification); the base and merged students are implied by the run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from arte_edge.errors import ArteError
+from arte_edge.rundir import atomic_write_json
+
+if TYPE_CHECKING:
+    from arte_edge.backends.base import ChatModel
+    from arte_edge.stages.context import StageContext
+
+FORMATS = ("hf", "gguf", "onnx")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One runnable model file or folder."""
+
+    name: str
+    format: str  # hf | gguf | onnx
+    quant: str  # fp32, f16, q8_0, q4_k_m, int4, ...
+    path: str  # relative to the run directory, or absolute
+    role: str = "export"  # base | merged | export
+    size_bytes: int = 0
+    verify: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def resolve(self, root: Path) -> Path:
+        """The artifact's location on disk."""
+        p = Path(self.path)
+        return p if p.is_absolute() else root / p
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def disk_size(path: Path) -> int:
+    """Bytes of a file, or of the weight files in a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in
+               {".safetensors", ".bin", ".onnx", ".data", ".gguf"} or p.name.endswith(".onnx.data"))
+
+
+def registry_path(root: Path) -> Path:
+    return root / "artifacts" / "artifacts.json"
+
+
+def read_exported(root: Path) -> list[Artifact]:
+    """Exported artifacts recorded by the export stage."""
+    path = registry_path(root)
+    if not path.exists():
+        return []
+    return [Artifact(**row) for row in json.loads(path.read_text())]
+
+
+def record_exported(root: Path, artifact: Artifact) -> None:
+    """Add or replace one exported artifact in the registry (atomic)."""
+    rows = [a for a in read_exported(root) if a.name != artifact.name] + [artifact]
+    atomic_write_json(registry_path(root), [a.to_dict() for a in rows])
+
+
+def base_artifact(student_model: str) -> Artifact:
+    """The untrained student, as the fp32 HF folder it is trained from."""
+    from arte_edge import models
+
+    folder = models.hf_folder(student_model)
+    return Artifact("base", "hf", "fp32", str(folder), role="base", size_bytes=disk_size(folder))
+
+
+def merged_artifact(root: Path) -> Artifact | None:
+    """The merged fine-tuned student, when the merge stage has run."""
+    folder = root / "student" / "merged"
+    if not (folder / "config.json").exists():
+        return None
+    return Artifact("merged", "hf", "fp32", "student/merged", role="merged", size_bytes=disk_size(folder))
+
+
+def list_artifacts(ctx: StageContext, *, include_base: bool = True) -> list[Artifact]:
+    """Base student (optional), merged student, then every exported artifact."""
+    out = [base_artifact(ctx.recipe.student.model)] if include_base else []
+    merged = merged_artifact(ctx.run.root)
+    if merged is not None:
+        out.append(merged)
+    return out + read_exported(ctx.run.root)
+
+
+def open_artifact(artifact: Artifact, root: Path, *, threads: int = 2, n_ctx: int = 2048) -> ChatModel:
+    """A chat model running the artifact on its native runtime."""
+    path = artifact.resolve(root)
+    if not path.exists():
+        raise ArteError(f"{path}: artifact {artifact.name!r} is missing; re-run the export stage")
+    if artifact.format == "hf":
+        from arte_edge.backends.hf import HFChat
+
+        return HFChat(path, threads=threads, name=artifact.name)
+    if artifact.format == "gguf":
+        from arte_edge.backends.llamacpp import LlamaCppChat
+
+        return LlamaCppChat(path, threads=threads, n_ctx=n_ctx, name=artifact.name)
+    if artifact.format == "onnx":
+        from arte_edge.backends.onnx import OnnxChat
+
+        return OnnxChat(path, threads=threads, name=artifact.name)
+    raise ArteError(f"artifact {artifact.name!r}: unknown format {artifact.format!r} (expected one of {FORMATS})")

@@ -1,0 +1,77 @@
+"""Hugging Face transformers models (torch): reference fp32 path and trained students."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from arte_edge.backends.base import Completion, Message, SamplingParams
+
+
+class HFChat:
+    """A transformers causal LM with batched, left-padded generation."""
+
+    def __init__(self, model_dir: str | Path, *, threads: int = 2, batch_size: int = 8, name: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(threads)
+        self.path = Path(model_dir)
+        self.name = name or self.path.name
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
+        self.model.eval()
+        self.batch_size = batch_size
+
+    def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
+        return self.chat_batch([messages], params)[0]
+
+    def chat_batch(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
+        out: list[Completion] = []
+        for i in range(0, len(conversations), self.batch_size):
+            out.extend(self._generate(conversations[i:i + self.batch_size], params))
+        return out
+
+    def _generate(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
+        import torch
+
+        texts = [self.tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
+                 for c in conversations]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        start = time.perf_counter()
+        sample = params.temperature > 0
+        torch.manual_seed(params.seed)
+        with torch.inference_mode():
+            gen = self.model.generate(
+                **enc, max_new_tokens=params.max_tokens, do_sample=sample,
+                temperature=params.temperature if sample else None, top_p=params.top_p if sample else None,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self._eos_ids())
+        seconds = (time.perf_counter() - start) / max(1, len(conversations))
+        results = []
+        prompt_len = enc["input_ids"].shape[1]
+        for row, mask in zip(gen, enc["attention_mask"], strict=True):
+            new = row[prompt_len:]
+            n_new = int((new != self.tokenizer.pad_token_id).sum())
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            text, stopped = _cut_at_stop(text, params.stop)
+            finish = "stop" if stopped or n_new < params.max_tokens else "length"
+            results.append(Completion(text, int(mask.sum()), n_new, finish, seconds))
+        return results
+
+    def _eos_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        gen_eos = self.model.generation_config.eos_token_id
+        ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        return sorted(i for i in ids if i is not None)
+
+    def close(self) -> None:
+        self.model = None
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    cut = min((text.find(s) for s in stops if s and s in text), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)

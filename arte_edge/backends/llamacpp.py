@@ -1,0 +1,82 @@
+"""Local GGUF models through llama-cpp-python (the fast path on CPU)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from arte_edge.backends.base import Completion, Message, SamplingParams
+from arte_edge.errors import ArteError
+
+
+class LlamaCppChat:
+    """A GGUF chat model; uses the chat template stored in the GGUF."""
+
+    def __init__(self, gguf_path: str | Path, *, threads: int = 2, n_ctx: int = 2048, seed: int = 0,
+                 name: str | None = None):
+        from llama_cpp import Llama
+
+        self.path = Path(gguf_path)
+        self.name = name or self.path.stem
+        try:
+            self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                             n_batch=512, seed=seed, verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            raise ArteError(f"{self.path}: llama.cpp could not load this GGUF ({exc}); "
+                            "check it with `arte-edge models info PATH`") from exc
+        self.n_ctx = n_ctx
+
+    def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
+        if params.stop_regex:
+            return self._chat_until(messages, params)
+        start = time.perf_counter()
+        try:
+            out = self.llm.create_chat_completion(
+                messages=list(messages), max_tokens=params.max_tokens, temperature=params.temperature,
+                top_p=params.top_p, seed=params.seed, stop=list(params.stop) or None)
+        except ValueError as exc:  # prompt longer than the context window
+            return Completion("", 0, 0, "error", time.perf_counter() - start, error=f"llama.cpp: {exc}")
+        choice = out["choices"][0]
+        usage = out.get("usage", {})
+        return Completion(
+            text=choice["message"].get("content") or "",
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+            finish_reason=choice.get("finish_reason") or "stop",
+            seconds=time.perf_counter() - start,
+        )
+
+    def _chat_until(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
+        """Stream tokens and stop once the text matches ``params.stop_regex`` (saves decode time)."""
+        pattern = re.compile(params.stop_regex or "")
+        start = time.perf_counter()
+        text, n_chunks, finish = "", 0, "length"
+        try:
+            stream = self.llm.create_chat_completion(
+                messages=list(messages), max_tokens=params.max_tokens, temperature=params.temperature,
+                top_p=params.top_p, seed=params.seed, stop=list(params.stop) or None, stream=True)
+            for chunk in stream:
+                choice = chunk["choices"][0]
+                text += choice["delta"].get("content") or ""
+                n_chunks += 1
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+                if pattern.search(text):
+                    finish = "stop"
+                    break
+        except ValueError as exc:
+            return Completion("", 0, 0, "error", time.perf_counter() - start, error=f"llama.cpp: {exc}")
+        n_out = max(0, n_chunks - 1)  # the first chunk carries the role only
+        prompt_tokens = max(0, self.llm.n_tokens - n_out)
+        return Completion(text, prompt_tokens, n_out, finish, time.perf_counter() - start)
+
+    def chat_batch(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
+        return [self.chat(conv, params) for conv in conversations]
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()
+            self.llm = None

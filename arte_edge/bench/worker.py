@@ -1,0 +1,47 @@
+"""Benchmark one artifact in its own process, so peak RSS belongs to that artifact alone.
+
+Usage (internal): ``python -m arte_edge.bench.worker '<json spec>'`` prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from typing import Any
+
+
+def _rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the runner for ``spec['format']`` and attach peak RSS."""
+    kwargs = {k: spec[k] for k in ("threads", "prompt_tokens", "gen_tokens", "repetitions", "warmup")}
+    baseline = _rss_bytes()
+    if spec["format"] == "gguf":
+        from arte_edge.bench.llamacpp_runner import run_gguf
+
+        result = run_gguf(spec["path"], **kwargs)
+    elif spec["format"] == "hf":
+        from arte_edge.bench.torch_runner import run_hf
+
+        result = run_hf(spec["path"], **kwargs)
+    elif spec["format"] == "onnx":
+        from arte_edge.bench.onnx_runner import run_onnx
+
+        result = run_onnx(spec["path"], **kwargs)
+    else:
+        raise SystemExit(f"unknown format {spec['format']!r}")
+    result["peak_rss_bytes"] = _rss_bytes()
+    result["baseline_rss_bytes"] = baseline
+    return result
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    print(json.dumps(measure(spec)))
+
+
+if __name__ == "__main__":
+    main()

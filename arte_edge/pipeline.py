@@ -1,0 +1,119 @@
+"""`arte-edge run`: the stages of a recipe in order, skipping those already done in the run directory."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from arte_edge.config import Recipe, recipe_to_dict
+from arte_edge.errors import ArteError
+from arte_edge.progress import log
+from arte_edge.rundir import STAGES, RunDir
+from arte_edge.stages.context import StageContext
+
+VERSIONED = ("arte-edge", "torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "llama-cpp-python",
+             "gguf", "onnxruntime", "onnxruntime-genai", "tokenizers")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries that shape results (from metadata: no imports)."""
+    out = {"python": platform.python_version()}
+    for dist in VERSIONED:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def stages_for(recipe: Recipe) -> list[str]:
+    """The stages a recipe runs, in order."""
+    stages = list(STAGES)
+    if recipe.method != "arte":
+        stages.remove("align")
+    return stages
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def init_run(recipe: Recipe, run: RunDir, source: str, from_stage: str | None) -> None:
+    """Create or re-open the manifest; refuse silent reuse of a run made with a different recipe."""
+    manifest = run.read_manifest()
+    resolved = recipe_to_dict(recipe)
+    if "recipe" in manifest and manifest["recipe"] != resolved:
+        changed = _changed_keys(manifest["recipe"], resolved)
+        if from_stage is None:
+            raise ArteError(f"{run.manifest_path}: the recipe changed since this run started ({', '.join(changed)}); "
+                            "pass --from STAGE to redo from a stage, or use a new --run-dir")
+        log(f"recipe changed ({', '.join(changed)}); redoing from {from_stage}")
+    if "splits" in manifest and manifest.get("recipe", {}).get("splits") not in (None, resolved["splits"]):
+        manifest.pop("splits")
+    manifest.update(recipe=resolved, recipe_source=source, versions=library_versions())
+    manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    manifest.setdefault("stages", {})
+    run.update_manifest(**manifest)
+
+
+def record_models(ctx: StageContext) -> None:
+    """Put the teacher's and student's identity (file, size, sha256) in the manifest once."""
+    if "models" in ctx.run.read_manifest():
+        return
+    from arte_edge import models
+
+    info = {}
+    for role in ("teacher", "student"):
+        spec = getattr(ctx.recipe, role)
+        info[role] = {"spec": spec.model, "backend": spec.backend}
+        if spec.backend != "openai":
+            info[role].update(models.identity(spec.model))
+    ctx.run.update_manifest(models=info)
+
+
+def _stage_runner(name: str) -> Callable[[StageContext], dict[str, Any]]:
+    import importlib
+
+    if name == "report":
+        from arte_edge.stages import report
+
+        return lambda ctx: report.run(ctx.run, ctx.recipe.report.max_accuracy_drop)
+    module = importlib.import_module(f"arte_edge.stages.{name}")
+    return module.run
+
+
+def run_pipeline(recipe: Recipe, run_dir: str | Path, *, source: str, from_stage: str | None = None,
+                 only: list[str] | None = None) -> RunDir:
+    """Run the recipe's stages; finished stages are skipped unless at or after ``from_stage``."""
+    run = RunDir(run_dir)
+    stages = stages_for(recipe)
+    if from_stage is not None and from_stage not in stages:
+        raise ArteError(f"--from {from_stage}: not a stage of method {recipe.method} (stages: {', '.join(stages)})")
+    init_run(recipe, run, source, from_stage)
+    if from_stage is not None:
+        run.reset_from(from_stage)
+    ctx = StageContext(recipe, run)
+    ctx.ensure_splits()
+    record_models(ctx)
+    for name in stages:
+        if only and name not in only:
+            continue
+        if run.is_done(name):
+            log(f"[dim]{name}: done already, skipped[/dim]")
+            continue
+        log(f"[bold cyan]▶ {name}[/bold cyan]")
+        with run.stage(name) as outputs:
+            outputs.update(_stage_runner(name)(ctx) or {})
+        log(f"[green]✓ {name}[/green] ({run.stage_info(name).get('seconds')} s)")
+    return run

@@ -1,0 +1,173 @@
+"""The run directory: the only place stages read from and write to.
+
+``runs/<name>/manifest.json`` holds the resolved recipe, library versions, model sha256s, splits, and each
+stage's status and outputs. Writes are atomic (temp file + fsync + rename), JSONL files are append-only with
+flush + fsync per batch, so a ``kill -9`` at any moment loses at most the batch in flight and never leaves a
+half-written file that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from arte_edge.errors import ArteError
+
+STAGES = ("generate", "align", "train", "merge", "export", "evaluate", "bench", "report")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so a reader sees the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Atomically write ``data`` as indented JSON."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def stable_id(*parts: Any) -> str:
+    """A short content hash of what produced a record (prompt, seed, model...), for idempotent resume."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSONL file, ignoring a torn last line left by a crash mid-write."""
+    if not path.exists():
+        return []
+    rows = []
+    with open(path) as fh:
+        lines = fh.read().split("\n")
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if lineno >= len(lines) - 1:  # torn tail from a kill mid-write: drop it
+                break
+            raise ArteError(f"{path}:{lineno}: corrupt JSONL line ({exc.msg}); delete the line or the file") from exc
+    return rows
+
+
+class JsonlAppender:
+    """Append records durably: each ``write_batch`` is flushed and fsynced before returning."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair_torn_tail()
+
+    def _repair_torn_tail(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as fh:
+            data = fh.read()
+            if data.endswith(b"\n"):
+                return
+            cut = data.rfind(b"\n") + 1  # drop the partial line a crash left behind
+            fh.truncate(cut)
+
+    def write_batch(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append ``records`` and make them durable."""
+        lines = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
+        if not lines:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+class RunDir:
+    """Paths and manifest of one run (``runs/<name>/``)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # -- paths -------------------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the run directory (parents created)."""
+        p = self.root.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def examples_path(self) -> Path:
+        return self.path("data", "examples.jsonl")
+
+    @property
+    def rejected_path(self) -> Path:
+        return self.path("data", "rejected.jsonl")
+
+    # -- manifest ----------------------------------------------------------------------------------
+    def read_manifest(self) -> dict[str, Any]:
+        """The manifest, or an empty skeleton for a new run."""
+        if not self.manifest_path.exists():
+            return {"stages": {}}
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ArteError(f"{self.manifest_path}: corrupt manifest ({exc.msg}); "
+                            "restore it or start a new run directory") from exc
+
+    def update_manifest(self, **fields: Any) -> dict[str, Any]:
+        """Merge top-level ``fields`` into the manifest atomically."""
+        manifest = self.read_manifest()
+        manifest.update(fields)
+        atomic_write_json(self.manifest_path, manifest)
+        return manifest
+
+    def stage_info(self, stage: str) -> dict[str, Any]:
+        """The manifest entry for ``stage`` ({} when it never ran)."""
+        return self.read_manifest().get("stages", {}).get(stage, {})
+
+    def is_done(self, stage: str) -> bool:
+        """Whether ``stage`` finished in this run directory."""
+        return self.stage_info(stage).get("status") == "done"
+
+    def set_stage(self, stage: str, status: str, **fields: Any) -> None:
+        """Record a stage's status (running/done/failed) and outputs."""
+        manifest = self.read_manifest()
+        entry = manifest.setdefault("stages", {}).setdefault(stage, {})
+        entry.update(status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"), **fields)
+        atomic_write_json(self.manifest_path, manifest)
+
+    def reset_from(self, stage: str) -> None:
+        """Mark ``stage`` and every later stage as not done (``--from STAGE``)."""
+        manifest = self.read_manifest()
+        stages = manifest.setdefault("stages", {})
+        for name in STAGES[STAGES.index(stage):]:
+            if name in stages:
+                stages[name]["status"] = "pending"
+        atomic_write_json(self.manifest_path, manifest)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[dict[str, Any]]:
+        """Run a stage: marks it running, then done with its outputs and wall time, or failed."""
+        start = time.perf_counter()
+        self.set_stage(name, "running")
+        outputs: dict[str, Any] = {}
+        try:
+            yield outputs
+        except BaseException as exc:
+            self.set_stage(name, "failed", error=str(exc)[:500], seconds=round(time.perf_counter() - start, 2))
+            raise
+        self.set_stage(name, "done", seconds=round(time.perf_counter() - start, 2), outputs=outputs)
