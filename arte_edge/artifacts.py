@@ -32,6 +32,7 @@ class Artifact:
     role: str = "export"  # base | merged | export
     size_bytes: int = 0
     verify: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    details: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # e.g. quant fallbacks
 
     def resolve(self, root: Path) -> Path:
         """The artifact's location on disk."""
@@ -46,8 +47,8 @@ def disk_size(path: Path) -> int:
     """Bytes of a file, or of the weight files in a folder."""
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in
-               {".safetensors", ".bin", ".onnx", ".data", ".gguf"} or p.name.endswith(".onnx.data"))
+    return sum(p.stat().st_size for p in path.rglob("*") if (p.is_file() and p.suffix in
+               {".safetensors", ".bin", ".onnx", ".data", ".gguf"}) or p.name.endswith(".onnx.data"))
 
 
 def registry_path(root: Path) -> Path:

@@ -6,11 +6,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from arte_edge.errors import ArteError
+
+if TYPE_CHECKING:
+    from arte_edge.bench.core import BenchSettings
+    from arte_edge.bench.devices import DeviceProfile
+    from arte_edge.bench.remote import RemoteOptions
 
 app = typer.Typer(
     help="Distil a teacher LLM into a small student and ship it to edge devices.\n\n"
@@ -111,28 +116,105 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<
 
 @app.command()
 def bench(artifacts: Annotated[list[Path], typer.Argument(help="GGUF files, ONNX folders or HF folders.")],
-          threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
+          threads: Annotated[int | None, typer.Option(help="CPU threads (default: the device profile's).")] = None,
           prompt_tokens: Annotated[int, typer.Option("--pp", help="Prompt tokens (pp).")] = 128,
           gen_tokens: Annotated[int, typer.Option("--tg", help="Generated tokens (tg).")] = 32,
           repetitions: Annotated[int, typer.Option("-r", "--repetitions", help="Measured repetitions.")] = 5,
+          device: Annotated[str, typer.Option("--device", help="Device profile name (see devices/) or YAML "
+                                              "file; `host` measures this machine.")] = "host",
+          remote: Annotated[str | None, typer.Option("--remote", help="Benchmark on ssh://user@host[:port] "
+                                                     "(default: the profile's `remote`).")] = None,
+          identity: Annotated[Path | None, typer.Option("--identity", help="SSH private key for --remote.")] = None,
+          known_hosts: Annotated[Path | None, typer.Option("--known-hosts", help="known_hosts file holding the "
+                                                           "device's host key (checking is always on).")] = None,
+          remote_python: Annotated[str, typer.Option("--remote-python", help="Python with arte-edge on the "
+                                                     "device.")] = "python3",
+          ctx: Annotated[int | None, typer.Option("--ctx", help="Context length for the fit estimate "
+                                                  "(default: the model's, at most 4096).")] = None,
           as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
-    """Latency of artifacts on this host: pp/tg tokens/s, TTFT and per-token p50/p90, peak RSS, size."""
-    from arte_edge.bench.core import BenchSettings, bench_artifact, detect_format
+    """Latency of artifacts on a device: pp/tg tokens/s, TTFT and per-token p50/p90, peak RSS, size, plus
+    an *estimate* of fit (weights + KV cache at --ctx) and the decode roofline (bandwidth ÷ bytes per token).
 
-    settings = BenchSettings(threads=threads, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens,
-                             repetitions=repetitions)
-    results = {str(p): bench_artifact(p, detect_format(p), settings) for p in artifacts}
+    On `host` (default) it measures here; with --remote (or a profile's `remote`) it copies the artifact to
+    the device over SSH and measures there; a profile with no remote gets the estimate only.
+    """
+    from arte_edge.bench.core import BenchSettings, detect_format
+    from arte_edge.bench.devices import load_device
+    from arte_edge.bench.remote import RemoteOptions, SshTarget
+
+    profile = load_device(device)
+    if remote:
+        SshTarget.parse(remote)  # a malformed URL fails before anything is measured
+    settings = BenchSettings(threads=threads or profile.cpu.threads, prompt_tokens=prompt_tokens,
+                             gen_tokens=gen_tokens, repetitions=repetitions)
+    formats = {p: detect_format(p) for p in artifacts}
+    options = RemoteOptions(identity=identity, known_hosts=known_hosts, python=remote_python)
+    url = remote or profile.remote
+    results = {str(p): _bench_one(p, fmt, settings, profile, url, ctx, options) for p, fmt in formats.items()}
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
-    typer.echo(f"| artifact | size MB | pp{prompt_tokens} tok/s | tg{gen_tokens} tok/s | TTFT p50 ms | "
-               "TPOT p50 ms | TPOT p90 ms | peak RSS MB |")
-    typer.echo("|---|---:|---:|---:|---:|---:|---:|---:|")
+    _print_bench_table(results, profile, settings)
+
+
+def _bench_one(path: Path, fmt: str, settings: BenchSettings, profile: DeviceProfile, url: str | None,
+               ctx: int | None, remote_options: RemoteOptions) -> dict[str, Any]:
+    """Measure (here or over SSH) when the device allows it, and attach the labelled estimate."""
+    from arte_edge.bench.core import bench_artifact
+    from arte_edge.bench.remote import bench_remote
+    from arte_edge.bench.roofline import assess, model_shape
+
+    shape = model_shape(path, fmt)  # a corrupt model fails here, before any timing
+    if url:
+        result = bench_remote(url, path, settings, fmt, remote_options)
+    elif profile.measured:
+        result = bench_artifact(path, fmt, settings)
+    else:
+        result = {"settings": None, "summary": None, "size_bytes": _disk_size(path),
+                  "note": f"not measured: {profile.name} has no remote; pass --remote ssh://user@host"}
+    measured = result["summary"]["decode_tok_s"] if result.get("summary") else None
+    estimate = assess(shape, profile, context=ctx, gen_tokens=settings.gen_tokens, measured_decode_tok_s=measured)
+    return {**result, "device": profile.model_dump(mode="json"), "estimate": estimate}
+
+
+def _disk_size(path: Path) -> int:
+    from arte_edge.artifacts import disk_size
+
+    return disk_size(path)
+
+
+def _measured_cells(summary: dict[str, Any] | None) -> list[str]:
+    if summary is None:
+        return ["—"] * 6
+    return [f"{summary['prompt_tok_s']:.1f}", f"{summary['decode_tok_s']:.1f}", f"{summary['ttft_ms_p50']:.1f}",
+            f"{summary['tpot_ms_p50']:.2f}", f"{summary['tpot_ms_p90']:.2f}",
+            f"{(summary['peak_rss_bytes'] or 0) / 1e6:.0f}"]
+
+
+def _estimate_cells(estimate: dict[str, Any]) -> list[str]:
+    fit, roof = estimate["fit"], estimate["roofline"]
+    gib = 2**30
+    fits = (f"{'yes' if fit['fits'] else 'NO'}: {fit['total_bytes'] / gib:.2f} of {fit['usable_bytes'] / gib:.1f} GiB"
+            f" at ctx {fit['context']}")
+    ratio = roof.get("measured_over_roofline")
+    return [fits, f"{roof['decode_tok_s']:.1f}", "—" if ratio is None else f"{ratio:.2f}"]
+
+
+def _print_bench_table(results: dict[str, dict[str, Any]], profile: DeviceProfile, settings: BenchSettings) -> None:
+    mem = profile.memory
+    typer.echo(f"device: {profile.name} ({profile.cpu.model}; {settings.threads} threads; "
+               f"{mem.bandwidth_gbs:g} GB/s {mem.bandwidth_source})")
+    typer.echo(f"| artifact | size MB | pp{settings.prompt_tokens} tok/s | tg{settings.gen_tokens} tok/s | "
+               "TTFT p50 ms | TPOT p50 ms | TPOT p90 ms | peak RSS MB | fits (estimate) | "
+               "roofline tg tok/s (estimate) | measured/roofline |")
+    typer.echo("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for name, r in results.items():
-        s = r["summary"]
-        typer.echo(f"| {name} | {r['size_bytes'] / 1e6:.1f} | {s['prompt_tok_s']:.1f} | {s['decode_tok_s']:.1f} | "
-                   f"{s['ttft_ms_p50']:.1f} | {s['tpot_ms_p50']:.2f} | {s['tpot_ms_p90']:.2f} | "
-                   f"{s['peak_rss_bytes'] / 1e6:.0f} |")
+        cells = [name, f"{r['size_bytes'] / 1e6:.1f}", *_measured_cells(r["summary"]), *_estimate_cells(r["estimate"])]
+        typer.echo("| " + " | ".join(cells) + " |")
+    notes = {r["note"] for r in results.values() if r.get("note")}
+    for note in sorted(notes):
+        typer.echo(note)
+    typer.echo("estimate = upper bound from bandwidth ÷ bytes read per token (weights + KV), not a measurement")
 
 
 @models_app.command("list")

@@ -71,15 +71,30 @@ def record_models(ctx: StageContext) -> None:
     """Put the teacher's and student's identity (file, size, sha256) in the manifest once."""
     if "models" in ctx.run.read_manifest():
         return
-    from arte_edge import models
 
     info = {}
     for role in ("teacher", "student"):
         spec = getattr(ctx.recipe, role)
         info[role] = {"spec": spec.model, "backend": spec.backend}
         if spec.backend != "openai":
-            info[role].update(models.identity(spec.model))
+            info[role].update(model_identity(spec.model))
     ctx.run.update_manifest(models=info)
+
+
+def model_identity(spec: str) -> dict[str, Any]:
+    """Where a model's weights are and their sha256 (GGUF file, or the weight files of an HF folder)."""
+    from arte_edge import models
+
+    ref = models.resolve(spec)
+    path = models.gguf_path(spec) if ref.gguf_path is not None else ref.hf_dir
+    if path is None:
+        return {"kind": ref.kind}
+    if path.is_file():
+        models.validate_gguf(path)
+        return {"kind": ref.kind, "path": str(path), "sha256": models.sha256_of(path)}
+    weights = sorted(path.glob("*.safetensors"))
+    return {"kind": ref.kind, "path": str(path),
+            "sha256": {w.name: models.sha256_of(w) for w in weights}}
 
 
 def _stage_runner(name: str) -> Callable[[StageContext], dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -77,10 +78,8 @@ def runtime_versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for dist in ("llama-cpp-python", "onnxruntime", "onnxruntime-genai", "torch"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -111,6 +110,8 @@ def _size(path: Path) -> int:
 
 def detect_format(path: Path) -> str:
     """gguf for a .gguf file, onnx for a folder with genai_config.json/model.onnx, hf for config.json."""
+    if not path.exists():
+        raise ArteError(f"{path}: artifact not found; give a .gguf file, an ONNX folder or an HF folder")
     if path.is_file():
         with open(path, "rb") as fh:
             if fh.read(4) == b"GGUF":

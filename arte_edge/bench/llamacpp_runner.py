@@ -123,7 +123,9 @@ def _silent_log():
 
     global _LOG_CB
     if _LOG_CB is None:
-        _LOG_CB = lc.ggml_log_callback(lambda level, text, user_data: None)
+        # llama-cpp-python 0.3.36 names the ctypes type llama_log_callback (ggml_log_callback in C).
+        callback_type = getattr(lc, "llama_log_callback", None) or lc.ggml_log_callback
+        _LOG_CB = callback_type(lambda level, text, user_data: None)
     return _LOG_CB
 
 

@@ -26,6 +26,22 @@ def answer_messages(task: Task, item: Item, demos: Iterable[tuple[str, str]] = (
     return messages
 
 
+TEACHER_STYLE = (" Be concise: reason in at most three short sentences, and always finish with the final answer line"
+                 " exactly as specified.")
+
+
+def teacher_messages(task: Task, item: Item) -> list[Message]:
+    """The teacher's prompt for ``item``: the student's prompt plus a conciseness instruction.
+
+    Small students learn short rationales better, and short teacher answers keep generation cheap; the
+    training example itself keeps the task's own system prompt (the one used at evaluation).
+    """
+    messages = answer_messages(task, item)
+    suffix = "" if task.kind == "code" else TEACHER_STYLE
+    messages[0] = {"role": "system", "content": task.system_prompt + suffix}
+    return messages
+
+
 def rationale_of(text: str) -> str:
     """The reasoning part of a completion: everything before its last ``Answer:`` line."""
     matches = list(_ANSWER_LINE.finditer(text))

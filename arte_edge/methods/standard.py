@@ -18,9 +18,9 @@ from arte_edge.backends.base import ChatModel, Message, SamplingParams
 from arte_edge.methods.common import (
     DurableCollector,
     Outcome,
-    answer_messages,
     completion_cost,
     rationale_of,
+    teacher_messages,
     training_example,
     training_target,
 )
@@ -44,7 +44,7 @@ def answer_with_teacher(teacher: ChatModel, task: Task, item: Item, settings: Ge
     """Ask the teacher to answer ``item``; accept the completion only if the checker passes it."""
     params = SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature,
                             seed=settings.seed)
-    completion = teacher.chat(answer_messages(task, item), params)
+    completion = teacher.chat(teacher_messages(task, item), params)
     meta = {"method": "standard", "teacher": settings.teacher_name, **completion_cost(completion),
             **(extra_meta or {})}
     if not completion.ok:

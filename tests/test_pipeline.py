@@ -1,0 +1,201 @@
+"""The whole pipeline on a tiny random student and a deterministic teacher served over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from arte_edge.config import load_recipe
+from arte_edge.pipeline import run_pipeline
+from arte_edge.rundir import read_jsonl
+from tests.helpers.oracle_teacher import serve
+
+ROOT = Path(__file__).resolve().parents[1]
+ARITH = ROOT / "tests" / "data" / "arith" / "task.yaml"
+CLI = [sys.executable, "-m", "arte_edge.cli"]
+REPORT_ARTIFACT_KEYS = {"name", "format", "quant", "size_bytes", "accuracy", "ci_low", "ci_high", "n_eval",
+                        "decode_tok_s", "prompt_tok_s", "ttft_ms_p50"}
+REPORT_VARIANT_KEYS = {"method", "n_train", "teacher_calls", "accuracy", "ci_low", "ci_high", "n_eval"}
+
+
+def write_recipe(tmp_path: Path, student: Path, teacher_url: str, **sections) -> Path:
+    recipe = {
+        "name": "tiny", "task": str(ARITH), "method": "standard", "seed": 0,
+        "teacher": {"model": "oracle", "backend": "openai", "base_url": teacher_url, "parallel": 1},
+        "student": {"model": str(student), "threads": 1},
+        "splits": {"seeds": 2, "train_pool": 40, "eval": 20},
+        "generate": {"n_examples": 12, "max_attempts": 40, "batch_size": 3, "max_tokens": 64},
+        "train": {"epochs": 1, "batch_size": 2, "save_steps": 2, "max_length": 128, "threads": 1, "lora_r": 4,
+                  "lora_alpha": 8},
+        "export": {"formats": ["gguf:q8_0"]},
+        "evaluate": {"max_tokens": 16, "threads": 1},
+        "bench": {"prompt_tokens": 16, "gen_tokens": 8, "repetitions": 2, "warmup": 0, "threads": 1},
+    }
+    for key, value in sections.items():
+        recipe[key].update(value)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture()
+def oracle():
+    server, url = serve()
+    yield url
+    server.shutdown()
+
+
+@pytest.fixture()
+def slow_oracle():
+    server, url = serve(delay_s=0.15)
+    yield url
+    server.shutdown()
+
+
+@pytest.mark.integration
+def test_full_pipeline_writes_report_contract(tmp_path: Path, tiny_model_dir: Path, oracle: str) -> None:
+    recipe_path = write_recipe(tmp_path, tiny_model_dir, oracle)
+    run = run_pipeline(load_recipe(recipe_path), tmp_path / "run", source=str(recipe_path))
+
+    manifest = run.read_manifest()
+    assert all(manifest["stages"][s]["status"] == "done"
+               for s in ("generate", "train", "merge", "export", "evaluate", "bench", "report"))
+    assert set(manifest["splits"]) == {"seeds", "preference", "train_pool", "eval"}
+    examples = read_jsonl(run.examples_path)
+    assert len(examples) == 12
+    assert all(e["messages"][-1]["role"] == "assistant" and "Answer:" in e["messages"][-1]["content"]
+               for e in examples)
+    rejected = read_jsonl(run.rejected_path)
+    assert rejected and all("expected" in r["reason"] for r in rejected)  # the oracle's wrong answers
+
+    report = json.loads((run.root / "report" / "report.json").read_text())
+    names = [a["name"] for a in report["artifacts"]]
+    assert names == ["base", "merged", "gguf-q8_0"]
+    for row in report["artifacts"]:
+        assert REPORT_ARTIFACT_KEYS <= set(row)
+        assert row["n_eval"] == 20 and 0 <= row["ci_low"] <= row["accuracy"] <= row["ci_high"] <= 1
+        assert row["decode_tok_s"] > 0 and row["size_bytes"] > 0
+    assert [v["method"] for v in report["variants"]] == ["none (base student)", "standard"]
+    assert all(REPORT_VARIANT_KEYS <= set(v) for v in report["variants"])
+    assert report["variants"][1]["n_train"] == 12
+    assert report["variants"][1]["teacher_calls"] == len(examples) + len(rejected)
+    assert (run.root / "report" / "report.md").read_text().startswith("# arte-edge report")
+    assert (run.root / "artifacts" / "verify.json").exists()
+
+    # Same command again: every stage is skipped and nothing changes.
+    before = run.examples_path.read_bytes()
+    started = time.perf_counter()
+    run_pipeline(load_recipe(recipe_path), tmp_path / "run", source=str(recipe_path))
+    assert time.perf_counter() - started < 30
+    assert run.examples_path.read_bytes() == before
+
+
+def _wait_for(predicate, timeout_s: float, proc: subprocess.Popen) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def _run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + args, capture_output=True, text=True, cwd=ROOT, timeout=600, **kw)
+
+
+@pytest.mark.integration
+def test_kill_during_generate_then_resume_loses_nothing(tmp_path: Path, tiny_model_dir: Path,
+                                                        slow_oracle: str) -> None:
+    recipe = write_recipe(tmp_path, tiny_model_dir, slow_oracle, generate={"n_examples": 15, "batch_size": 2})
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(CLI + ["generate", str(recipe), "--run-dir", str(run_dir)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    examples = run_dir / "data" / "examples.jsonl"
+    _wait_for(lambda: examples.exists() and len(read_jsonl(examples)) >= 4, 120, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = len(read_jsonl(examples))
+    assert 4 <= partial < 15
+
+    resumed = _run_cli(["generate", str(recipe), "--run-dir", str(run_dir)])
+    assert resumed.returncode == 0, resumed.stderr
+    clean = _run_cli(["generate", str(recipe), "--run-dir", str(tmp_path / "clean")])
+    assert clean.returncode == 0, clean.stderr
+
+    def ids(d: Path, name: str) -> list[str]:
+        return [r["id"] for r in read_jsonl(d / "data" / name)]
+
+    for name in ("examples.jsonl", "rejected.jsonl"):
+        got = ids(run_dir, name)
+        assert len(got) == len(set(got)), f"duplicates in {name}"
+        assert sorted(got) == sorted(ids(tmp_path / "clean", name))
+    assert len(ids(run_dir, "examples.jsonl")) == 15
+
+
+@pytest.mark.integration
+def test_kill_during_train_resumes_from_checkpoint(tmp_path: Path, tiny_model_dir: Path, oracle: str) -> None:
+    recipe = write_recipe(tmp_path, tiny_model_dir, oracle, generate={"n_examples": 24},
+                          train={"epochs": 3, "save_steps": 3})
+    run_dir = tmp_path / "run"
+    assert _run_cli(["generate", str(recipe), "--run-dir", str(run_dir)]).returncode == 0
+    proc = subprocess.Popen(CLI + ["train", str(recipe), "--run-dir", str(run_dir)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpts = run_dir / "student" / "checkpoints"
+    _wait_for(lambda: any((p / "trainer_state.json").exists() for p in ckpts.glob("checkpoint-*")), 300, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "student" / "adapter").exists()
+
+    resumed = _run_cli(["run", str(recipe), "--run-dir", str(run_dir), "--only", "train"])
+    assert resumed.returncode == 0, resumed.stderr
+    outputs = json.loads((run_dir / "manifest.json").read_text())["stages"]["train"]["outputs"]
+    assert outputs["resumed_from"] and "checkpoint-" in outputs["resumed_from"]
+    assert outputs["steps"] == 36  # 24 examples / batch 2 * 3 epochs: the resumed run finished the schedule
+    assert (run_dir / "student" / "adapter" / "adapter_config.json").exists()
+
+
+def test_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntask: arith\nteacher: {model: m, modle: 2}\nstudent: {model: s}\ntrain: {lr: fast}\n")
+    res = _run_cli(["validate", str(bad)])
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "teacher.modle: unknown key" in lines[0] and "train.lr" in lines[0]
+
+
+def test_missing_model_file_is_one_line_exit_2(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: x\ntask: {ARITH}\nteacher: {{model: {tmp_path}/nope.gguf}}\n"
+                      f"student: {{model: {tmp_path}/nope.gguf}}\n")
+    res = _run_cli(["run", str(recipe), "--run-dir", str(tmp_path / "run")])
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "nope.gguf" in res.stderr
+
+
+def test_truncated_gguf_is_one_line_exit_2(tmp_path: Path) -> None:
+    from tests.test_cli import tiny_gguf_bytes
+
+    bad = tmp_path / "cut.gguf"
+    bad.write_bytes(tiny_gguf_bytes()[:-100])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: x\ntask: {ARITH}\nteacher: {{model: {bad}}}\nstudent: {{model: {bad}}}\n")
+    res = _run_cli(["run", str(recipe), "--run-dir", str(tmp_path / "run")])
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "truncated" in res.stderr
+
+
+def test_changed_recipe_needs_from(tmp_path: Path, tiny_model_dir: Path, oracle: str) -> None:
+    recipe = write_recipe(tmp_path, tiny_model_dir, oracle, generate={"n_examples": 3})
+    assert _run_cli(["generate", str(recipe), "--run-dir", str(tmp_path / "run")]).returncode == 0
+    res = _run_cli(["run", str(recipe), "--run-dir", str(tmp_path / "run"), "--set", "train.lr=0.001"])
+    assert res.returncode == 2 and "train.lr" in res.stderr and "--from" in res.stderr
