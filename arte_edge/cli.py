@@ -93,6 +93,49 @@ def evaluate(config: ConfigArg, run_dir: RunDirOpt = None, set_: SetOpt = None) 
     _single_stage("evaluate", config, run_dir, set_)
 
 
+@app.command("export")
+def export_cmd(
+    model: Annotated[str, typer.Argument(help="A merged HF folder (config.json + safetensors), or a bundled model "
+                                       "name / .gguf (converted to an HF folder first).")],
+    formats: Annotated[str, typer.Option("--format", help="Comma-separated: gguf:f16, gguf:q8_0, gguf:q6_k, "
+                                         "gguf:q5_k_m, gguf:q4_k_m, gguf:q4_0, onnx:fp32, onnx:int8, onnx:int4.")]
+    = "gguf:q4_k_m,gguf:q8_0",
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("artifacts"),
+    preset: Annotated[str | None, typer.Option(help="Export preset (export/*.yaml), added to --format.")] = None,
+    name: Annotated[str | None, typer.Option(help="File name stem (default: the model folder's name).")] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip verification against the HF model.")] = False,
+    threads: Annotated[int, typer.Option(help="CPU threads for verification and ONNX sessions.")] = 2,
+) -> None:
+    """Export a model to verified GGUF/ONNX artifacts (each checked against the HF model before it is kept)."""
+    from arte_edge import models
+    from arte_edge.stages.export import requested_formats
+
+    wanted = requested_formats([f for f in formats.split(",") if f.strip()], preset)
+    hf_dir = models.hf_folder(model)
+    stem = name or Path(hf_dir).name
+    out.mkdir(parents=True, exist_ok=True)
+    quants = [q for f, q in wanted if f == "gguf"]
+    rows = []
+    if quants:
+        from arte_edge.export.gguf import export_gguf
+
+        for art in export_gguf(hf_dir, out, quants, stem, progress=typer.echo, verify=not no_verify,
+                               threads=threads):
+            rows.append({"path": str(art.path), "size_bytes": art.size_bytes, "fallback": art.quant.n_fallback,
+                         "verification": art.verification})
+    for fmt, precision in wanted:
+        if fmt == "onnx":
+            from arte_edge.export.onnx import export_onnx
+
+            art = export_onnx(hf_dir, out / f"{stem}-onnx-{precision}", precision, progress=typer.echo,  # type: ignore[arg-type]
+                              threads=threads, verify=not no_verify)
+            rows.append({"path": str(art.path), "size_bytes": art.size_bytes, "verification": art.verification})
+    from arte_edge.rundir import atomic_write_json
+
+    atomic_write_json(out / "verify.json", rows)
+    typer.echo(f"wrote {len(rows)} artifact(s) to {out} (verification: {out / 'verify.json'})")
+
+
 @app.command()
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Check a recipe: every unknown key and bad value is reported at once, naming the key."""

@@ -13,6 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from arte_edge.errors import ArteError, ConfigError
+from arte_edge.methods.arte_config import ArteConfig
+from arte_edge.methods.elad_config import EladConfig
+from arte_edge.methods.persd_config import PersdConfig
 
 METHODS = ("standard", "arte", "persd", "elad")
 
@@ -113,6 +116,14 @@ class ReportConfig(_Section):
                                      "is within this many points of the merged fp32 model.")
 
 
+class VariantsConfig(_Section):
+    """Baselines and ablations trained beside the main method, each on its own dataset, on the same splits."""
+
+    enabled: bool = Field(True, description="Train and evaluate the extra datasets a method writes "
+                          "(data/variants/<name>/examples.jsonl) with the same train settings.")
+    include: list[str] | None = Field(None, description="Only these variant names (default: all the method wrote).")
+
+
 class Recipe(_Section):
     """One pipeline: task → teacher data → student → artifacts → evaluation → report."""
 
@@ -129,6 +140,10 @@ class Recipe(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     bench: BenchConfig = BenchConfig()
     report: ReportConfig = ReportConfig()
+    variants: VariantsConfig = VariantsConfig()
+    arte: ArteConfig = ArteConfig()
+    persd: PersdConfig = PersdConfig()
+    elad: EladConfig = EladConfig()
 
     @model_validator(mode="after")
     def _check_backends(self) -> Recipe:

@@ -19,7 +19,7 @@ from typing import Any
 
 from arte_edge.errors import ArteError
 
-STAGES = ("generate", "align", "train", "merge", "export", "evaluate", "bench", "report")
+STAGES = ("generate", "align", "train", "merge", "export", "evaluate", "variants", "bench", "report")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

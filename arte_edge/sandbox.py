@@ -276,19 +276,19 @@ def _child_drop_privileges(libc: Any, cfg: dict[str, Any], workdir: str, limits:
 
     cpu = cfg["cpu_s"]
     mem = cfg["memory_mb"] * 1024 * 1024
-    for res, value in (
-        (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-        (resource.RLIMIT_AS, (mem, mem)),
-        (resource.RLIMIT_NOFILE, (cfg["nofile"], cfg["nofile"])),
-        (resource.RLIMIT_FSIZE, (cfg["fsize"], cfg["fsize"])),
-        (resource.RLIMIT_CORE, (0, 0)),
+    mib = 1024 * 1024
+    for key, res, value, text in (
+        ("cpu", resource.RLIMIT_CPU, (cpu, cpu + 1), f"RLIMIT_CPU {cpu} s"),
+        ("memory", resource.RLIMIT_AS, (mem, mem), f"RLIMIT_AS {cfg['memory_mb']} MiB"),
+        ("open_files", resource.RLIMIT_NOFILE, (cfg["nofile"],) * 2, f"RLIMIT_NOFILE {cfg['nofile']}"),
+        ("file_size", resource.RLIMIT_FSIZE, (cfg["fsize"],) * 2, f"RLIMIT_FSIZE {cfg['fsize'] // mib} MiB"),
+        ("core_dumps", resource.RLIMIT_CORE, (0, 0), "RLIMIT_CORE 0"),
     ):
-        resource.setrlimit(res, value)
-    limits["memory"] = f"RLIMIT_AS {cfg['memory_mb']} MiB"
-    limits["cpu"] = f"RLIMIT_CPU {cpu} s"
-    limits["open_files"] = f"RLIMIT_NOFILE {cfg['nofile']}"
-    limits["file_size"] = f"RLIMIT_FSIZE {cfg['fsize'] // (1024 * 1024)} MiB"
-    limits["core_dumps"] = "RLIMIT_CORE 0"
+        try:  # best effort: macOS, for one, refuses RLIMIT_AS
+            resource.setrlimit(res, value)
+            limits[key] = text
+        except (ValueError, OSError) as exc:
+            limits[key] = f"not enforced ({text} refused: {exc})"
     nproc = cfg["nproc"]
     if posix.geteuid() == 0 and not cfg["in_userns"]:
         uid = cfg["uid_base"] + cfg["outer_pid"]  # the host pid the parent sees as proc.pid

@@ -759,8 +759,6 @@ def _decode_chunks(ctx: Any, tokens: list[int], chunk: int, say: Progress) -> in
     n_chunks = 0
     for start in range(0, len(tokens), chunk):
         part = tokens[start:start + chunk]
-        if len(part) < 2:
-            break
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
         arr = (llama_cpp.llama_token * len(part))(*part)
         if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(part))) != 0:

@@ -59,6 +59,15 @@ DEFAULT_TEXTS: tuple[str, ...] = (
     "because 80 * 2.25 = 180 km and 120 * 1.5 = 180 km.",
     "Photosynthesis converts light energy into chemical energy. In the chloroplasts, water molecules are "
     "split, oxygen is released, and the energy is stored in sugars that the plant uses to grow.",
+    "<|im_start|>user\nHow do I reverse a list in Python?<|im_end|>\n<|im_start|>assistant\nUse slicing: "
+    "`items[::-1]` returns a reversed copy, while `items.reverse()` reverses the list in place and returns "
+    "None. If you only need to loop backwards, `reversed(items)` gives an iterator without copying.<|im_end|>\n",
+    "To make a simple loaf of bread, mix 500 g of flour, 10 g of salt, 7 g of dried yeast and 320 ml of warm "
+    "water. Knead for ten minutes, let the dough rise for an hour, shape it, and bake at 220 degrees for "
+    "about 35 minutes until the crust is golden and the bottom sounds hollow when tapped.",
+    "In 1969 the Apollo 11 mission landed the first humans on the Moon. Neil Armstrong and Buzz Aldrin "
+    "spent about two and a half hours outside the lunar module, collecting samples and setting up "
+    "experiments, while Michael Collins orbited above in the command module.",
 )
 
 TOKENIZER_PROBES: tuple[str, ...] = (

@@ -123,6 +123,9 @@ def _convert(gguf: Path, out: Path, steps: _Steps) -> None:
 
 def _load_dequantized(gguf: Path, steps: _Steps) -> Any:
     """Load ``gguf`` into an fp32 transformers model, reporting one step per tensor."""
+    import functools
+
+    import gguf as gguf_pkg
     import torch
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from transformers import AutoModelForCausalLM, GgufConfig
@@ -133,15 +136,18 @@ def _load_dequantized(gguf: Path, steps: _Steps) -> Any:
             steps.advance()
 
     # transformers draws a plain tqdm bar per tensor; count tensors into the caller's progress instead.
-    original_tqdm = gguf_utils.tqdm
+    # transformers also rebuilds gguf's (immutable) tensor-name map once per submodule, ~400 times:
+    # memoizing it cuts about a quarter of the load time.
+    original_tqdm, original_map = gguf_utils.tqdm, gguf_pkg.get_tensor_name_map
     gguf_utils.tqdm = counting
+    gguf_pkg.get_tensor_name_map = functools.lru_cache(maxsize=8)(original_map)
     try:
         return AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
             quantization_config=GgufConfig(dequantize=True),
         )
     finally:
-        gguf_utils.tqdm = original_tqdm
+        gguf_utils.tqdm, gguf_pkg.get_tensor_name_map = original_tqdm, original_map
 
 
 @contextlib.contextmanager

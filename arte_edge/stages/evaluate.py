@@ -88,8 +88,18 @@ def run(ctx: StageContext, artifacts: list[Artifact] | None = None) -> dict[str,
     reference = "base" if "base" in rows_by_artifact else None
     summary = summarise(rows_by_artifact, reference)
     atomic_write_json(ctx.run.path("eval", "summary.json"), summary)
-    return {"summary": "eval/summary.json", "n_eval": len(items),
-            "accuracy": {k: round(v["accuracy"], 4) for k, v in summary.items()}}
+    outputs = {"summary": "eval/summary.json", "n_eval": len(items),
+               "accuracy": {k: round(v["accuracy"], 4) for k, v in summary.items()}}
+    return {**outputs, **method_evaluation(ctx, rows_by_artifact)}
+
+
+def method_evaluation(ctx: StageContext, rows_by_artifact: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """A method's own extra evaluation (e.g. PERsD's pass@k and multi-step inference), when it defines one."""
+    import importlib
+
+    module = importlib.import_module(f"arte_edge.methods.{ctx.recipe.method}")
+    hook = getattr(module, "evaluate_extra", None)
+    return (hook(ctx, rows_by_artifact) or {}) if hook else {}
 
 
 def safe_name(text: str) -> str:

@@ -14,6 +14,12 @@ def run(ctx: StageContext) -> dict:
     from arte_edge.methods.common import DurableCollector
 
     recipe, gen = ctx.recipe, ctx.recipe.generate
+    if recipe.method != "standard":
+        import importlib
+
+        # Each student-aware method writes data/examples.jsonl (its main dataset) and, for its baselines and
+        # ablations, data/variants/<name>/examples.jsonl; the variants stage trains and evaluates those.
+        return importlib.import_module(f"arte_edge.methods.{recipe.method}").generate_datasets(ctx)
     if gen.questions == "synthesize" and ctx.task.kind == "code":
         raise ArteError("generate.questions: 'synthesize' needs answer-checked tasks; code tasks need unit tests, "
                         "use 'pool' (or method: persd)")

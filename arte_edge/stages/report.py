@@ -40,6 +40,8 @@ def artifact_rows(run: RunDir, eval_summary: dict[str, Any], bench: dict[str, An
     merged_acc = (eval_summary.get("merged") or {}).get("accuracy")
     rows = []
     for name, acc in eval_summary.items():
+        if name.startswith("variant-"):
+            continue
         art: Artifact | None = known.get(name)
         b = bench.get(name, {})
         summary = b.get("summary", {})
@@ -62,13 +64,17 @@ def variant_rows(manifest: dict[str, Any], eval_summary: dict[str, Any]) -> list
     gen = stages.get("generate", {}).get("outputs", {})
     train = stages.get("train", {}).get("outputs", {})
     method = manifest.get("recipe", {}).get("method", "standard")
+    extra = stages.get("variants", {}).get("outputs", {}).get("variants", {})
+    candidates = [("none (base student)", "base", 0, 0),
+                  (method, "merged", train.get("n_train"), gen.get("teacher_calls"))]
+    candidates += [(name, f"variant-{name}", v.get("n_train"), v.get("teacher_calls")) for name, v in extra.items()]
     rows = []
-    for label, key, n_train, calls in (("none (base student)", "base", 0, 0),
-                                       (method, "merged", train.get("n_train"), gen.get("teacher_calls"))):
+    for label, key, n_train, calls in candidates:
         acc = eval_summary.get(key)
         if acc:
             rows.append({"method": label, "n_train": n_train, "teacher_calls": calls, "accuracy": acc["accuracy"],
-                         "ci_low": acc["ci_low"], "ci_high": acc["ci_high"], "n_eval": acc["n_eval"]})
+                         "ci_low": acc["ci_low"], "ci_high": acc["ci_high"], "n_eval": acc["n_eval"],
+                         "mcnemar_p_vs_base": acc.get("mcnemar_p_vs_base")})
     return rows
 
 
@@ -116,6 +122,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Recommendation", "",
               f"Ship **{rec['name']}** ({rec['decode_tok_s']:.1f} tok/s, {100 * rec['accuracy']:.1f}%): {rec['rule']}."
               if rec else "No artifact is both benchmarked and within the accuracy gate."]
+    if report.get("pareto_png"):
+        lines += ["", f"![accuracy vs latency](pareto.png)  Pareto front: {', '.join(report['pareto_front'])}"]
     lines += ["", "## Stage wall times", "", "| stage | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in report["stage_seconds"].items()]
     return "\n".join(lines) + "\n"
@@ -136,6 +144,15 @@ def run(run: RunDir, max_drop_pt: float = 1.0) -> dict[str, Any]:
         "recommendation": recommend(rows, max_drop_pt),
         "stage_seconds": {k: v.get("seconds") for k, v in manifest.get("stages", {}).items() if k != "report"},
     }
+    from arte_edge.stages.pareto import pareto_front, plot_pareto
+
+    report["pareto_front"] = pareto_front(rows)
+    plot = plot_pareto(rows, run.root / "report" / "pareto.png",
+                       f"{report['run']}: accuracy vs decode latency on {device or 'host'}")
+    report["pareto_png"] = "report/pareto.png" if plot else None
+    sections = sorted((run.root / "report" / "sections").glob("*.md")) if (run.root / "report").exists() else []
+    report["sections"] = [str(p.relative_to(run.root)) for p in sections]
     atomic_write_json(run.path("report", "report.json"), report)
-    atomic_write_text(run.path("report", "report.md"), render_markdown(report))
+    markdown = render_markdown(report) + "".join("\n" + p.read_text() for p in sections)
+    atomic_write_text(run.path("report", "report.md"), markdown)
     return {"report": "report/report.md", "json": "report/report.json"}

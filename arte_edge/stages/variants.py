@@ -1,0 +1,73 @@
+"""Stage `variants`: train and evaluate each baseline/ablation dataset a method wrote, on the same splits.
+
+A method writes its main dataset to ``data/examples.jsonl`` (trained, merged, exported and benchmarked by the
+main stages) and each comparison dataset to ``data/variants/<name>/examples.jsonl``. Here each of those gets
+the same LoRA recipe, a merge, and the same held-out evaluation (fp32), so the report compares training data
+and nothing else. Finished variants are skipped on resume.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from arte_edge.progress import log
+from arte_edge.rundir import atomic_write_json, read_jsonl
+from arte_edge.stages.context import StageContext
+
+
+def variant_datasets(root: Path, include: list[str] | None) -> dict[str, Path]:
+    """``{name: examples.jsonl}`` for every variant dataset present (optionally filtered)."""
+    base = root / "data" / "variants"
+    found = {p.parent.name: p for p in sorted(base.glob("*/examples.jsonl"))} if base.exists() else {}
+    return {k: v for k, v in found.items() if include is None or k in include}
+
+
+def _teacher_cost(rows: list[dict[str, Any]], meta_path: Path) -> int:
+    if meta_path.exists():  # a method may account cost itself (e.g. shared calls across variants)
+        return int(json.loads(meta_path.read_text()).get("teacher_calls", 0))
+    return sum(r.get("meta", {}).get("teacher_calls", 0) for r in rows)
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Train → merge → evaluate every variant dataset; results go to eval/summary.json as variant-<name>."""
+    from arte_edge import models
+    from arte_edge.backends.hf import HFChat
+    from arte_edge.stages.evaluate import eval_params, evaluate_model, summarise
+    from arte_edge.stages.merge import merge_adapter
+    from arte_edge.stages.train import train_adapter
+
+    if not ctx.recipe.variants.enabled:
+        return {"variants": {}}
+    datasets = variant_datasets(ctx.run.root, ctx.recipe.variants.include)
+    base_dir = models.hf_folder(ctx.recipe.student.model)
+    items = ctx.split("eval")
+    params = eval_params(ctx.task, ctx.recipe.evaluate.max_tokens)
+    summary_path = ctx.run.root / "eval" / "summary.json"
+    out: dict[str, Any] = {}
+    for name, path in datasets.items():
+        rows = read_jsonl(path)
+        if not rows:
+            log(f"variant {name}: empty dataset, skipped")
+            continue
+        work = ctx.run.path("student", "variants", name, ".keep").parent
+        merged = work / "merged"
+        if not (merged / "config.json").exists():
+            train_adapter(base_dir, rows, work / "adapter", ctx.recipe.train, ctx.recipe.seed, work / "checkpoints")
+            merge_adapter(base_dir, work / "adapter", merged, ctx.recipe.train.threads)
+        model = HFChat(merged, threads=ctx.recipe.evaluate.threads, name=f"variant-{name}")
+        try:
+            results = evaluate_model(model, ctx.task, items, ctx.run.path("eval", f"variant-{name}.jsonl"), params,
+                                     label=f"variant {name}")
+        finally:
+            model.close()
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        base_rows = read_jsonl(ctx.run.root / "eval" / "base.jsonl")
+        scored = summarise({"base": base_rows, f"variant-{name}": results} if base_rows
+                           else {f"variant-{name}": results}, "base" if base_rows else None)
+        summary[f"variant-{name}"] = scored[f"variant-{name}"]
+        atomic_write_json(summary_path, summary)
+        out[name] = {"n_train": len(rows), "teacher_calls": _teacher_cost(rows, path.parent / "cost.json"),
+                     "accuracy": round(summary[f"variant-{name}"]["accuracy"], 4)}
+    return {"variants": out}
