@@ -76,6 +76,12 @@ def generate(config: ConfigArg, run_dir: RunDirOpt = None, set_: SetOpt = None) 
 
 
 @app.command()
+def align(config: ConfigArg, run_dir: RunDirOpt = None, set_: SetOpt = None) -> None:
+    """ARTE steps 1-4 (method arte): D_pref by IRT, drafts, student preferences, DPO pairs, aligned teacher."""
+    _single_stage("align", config, run_dir, set_)
+
+
+@app.command()
 def train(config: ConfigArg, run_dir: RunDirOpt = None, set_: SetOpt = None) -> None:
     """(Q)LoRA fine-tuning of the student on the run's examples (resumes from the last checkpoint)."""
     _single_stage("train", config, run_dir, set_)
@@ -216,6 +222,10 @@ def _bench_one(path: Path, fmt: str, settings: BenchSettings, profile: DevicePro
         result = {"settings": None, "summary": None, "size_bytes": _disk_size(path),
                   "note": f"not measured: {profile.name} has no remote; pass --remote ssh://user@host"}
     measured = result["summary"]["decode_tok_s"] if result.get("summary") else None
+    if url and profile.measured:
+        # Measured on the device but profiled here: a ratio between two machines would mean nothing.
+        measured = None
+        result["note"] = "estimate is for this host's profile; pass --device PROFILE for the remote device's"
     estimate = assess(shape, profile, context=ctx, gen_tokens=settings.gen_tokens, measured_decode_tok_s=measured)
     return {**result, "device": profile.model_dump(mode="json"), "estimate": estimate}
 

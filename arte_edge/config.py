@@ -37,6 +37,12 @@ class ModelSpec(_Section):
     threads: int = Field(2, ge=1, description="CPU threads for llama.cpp / torch.")
     n_ctx: int = Field(2048, ge=256, description="Context window in tokens (llama.cpp).")
     parallel: int = Field(1, ge=1, description="Concurrent requests (openai backend).")
+    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds (openai backend).")
+    max_retries: int = Field(5, ge=0, description="Retries on timeouts, connection errors, 429 and 5xx (openai).")
+    max_inflight_per_url: int | None = Field(None, ge=1, description="Cap on concurrent requests per base URL "
+                                             "(openai; default: parallel). Set to a server's slot count.")
+    price_prompt_per_m: float = Field(0.0, ge=0, description="USD per 1M prompt tokens, for cost accounting.")
+    price_completion_per_m: float = Field(0.0, ge=0, description="USD per 1M completion tokens.")
 
 
 class SplitsConfig(_Section):

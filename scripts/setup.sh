@@ -13,7 +13,7 @@ pipq -c constraints.txt torch==2.13.0
 # llama.cpp: no multimodal part, no tests/examples; native CPU flags (this host is also the benchmark host).
 export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF}"
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
-pipq -c constraints.txt -e ".[qlora,onnx,dev]"
+pipq -c constraints.txt -e ".[qlora,onnx,server,dev]"
 .venv/bin/python - <<'PY'
 import llama_cpp, torch, transformers, trl, peft
 print(f"arte-edge env ok: torch {torch.__version__} | llama-cpp-python {llama_cpp.__version__} | "

@@ -15,10 +15,13 @@ __all__ = ["ChatModel", "Completion", "Message", "SamplingParams", "open_chat_mo
 def open_chat_model(spec: ModelSpec, *, seed: int = 0, name: str | None = None) -> ChatModel:
     """Load the model a recipe's teacher/student section names, on the backend it asks for."""
     if spec.backend == "openai":
-        from arte_edge.backends.openai import OpenAIChat
+        from arte_edge.backends.openai import OpenAIChat, Price, RetryPolicy
 
         urls = [u.strip() for u in (spec.base_url or "").split(",") if u.strip()]
-        return OpenAIChat(urls, spec.model, api_key_env=spec.api_key_env, parallel=spec.parallel, name=name)
+        return OpenAIChat(urls, spec.model, api_key_env=spec.api_key_env, parallel=spec.parallel, name=name,
+                          retry=RetryPolicy(max_retries=spec.max_retries, timeout_s=spec.timeout_s),
+                          price=Price(spec.price_prompt_per_m, spec.price_completion_per_m),
+                          max_inflight_per_url=spec.max_inflight_per_url)
     from arte_edge import models
 
     if spec.backend == "llama_cpp":

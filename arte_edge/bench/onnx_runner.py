@@ -64,6 +64,7 @@ class OnnxGenaiRunner:
         self.tokenizer = og.Tokenizer(self.model)
         genai = json.loads((self.onnx_dir / "genai_config.json").read_text(encoding="utf-8"))
         self.context_length = int(genai["model"]["context_length"])
+        self.vocab_size = int(genai["model"]["vocab_size"])
         self.eos_token_ids = frozenset(int(t) for t in self.tokenizer.eos_token_ids)
 
     def apply_chat_template(self, messages: Sequence[Message]) -> str:
@@ -95,7 +96,8 @@ class OnnxGenaiRunner:
                             f"{self.context_length}-token context; shorten the prompt")
         options: dict[str, Any] = {"max_length": max_length, "min_length": 0, "repetition_penalty": 1.0}
         if temperature > 0:
-            options.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+            # top_k=0 makes og 0.18 sample outside the top-p nucleus; the full vocabulary means "no top-k".
+            options.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=self.vocab_size)
             if seed is not None:
                 options["random_seed"] = int(seed)
         else:
@@ -187,7 +189,7 @@ def run_onnx(path: str | Path, *, threads: int, prompt_tokens: int, gen_tokens: 
     import random
 
     runner = OnnxGenaiRunner(path, threads=threads)
-    vocab = int(json.loads((Path(path) / "genai_config.json").read_text(encoding="utf-8"))["model"]["vocab_size"])
+    vocab = runner.vocab_size
     rng = random.Random(0)
 
     def tokens(n: int) -> list[int]:

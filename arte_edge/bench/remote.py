@@ -153,7 +153,9 @@ class Ssh:
         """Run a remote shell command; connection and auth failures become one-line ArteErrors."""
         args = [*self.base_args(), self.target.destination, "--", command]
         try:
-            proc = subprocess.run(args, stdin=stdin, capture_output=True, text=True,
+            # DEVNULL unless sending a file: ssh would otherwise read the user's terminal
+            proc = subprocess.run(args, stdin=subprocess.DEVNULL if stdin is None else stdin,
+                                  capture_output=True, text=True,
                                   timeout=timeout or self.options.command_timeout_s)
         except subprocess.TimeoutExpired as exc:
             raise ArteError(f"{self.target}: remote {what} timed out after {exc.timeout:.0f} s") from exc

@@ -148,13 +148,17 @@ def ensure_converter(progress: Progress | None = None) -> Path:
     version = llama_cpp_version()
     root = converter_dir(version)
     script = root / CONVERTER_SCRIPT
-    if script.is_file() and (root / "gguf-py" / "gguf").is_dir():
+    if _complete(root):
         return script
     say = progress or (lambda _m: None)
     sdist = _ensure_sdist(version, say)
     say(f"extracting llama.cpp's converter from {sdist.name}")
     _extract_converter(sdist, root)
     return script
+
+
+def _complete(root: Path) -> bool:
+    return (root / CONVERTER_SCRIPT).is_file() and (root / "gguf-py" / "gguf" / "__init__.py").is_file()
 
 
 def _find_sdist(folder: Path, version: str) -> Path | None:
@@ -223,7 +227,7 @@ def _extract_converter(sdist: Path, root: Path) -> None:
         try:
             os.rename(tmp, root)
         except OSError:
-            if not (root / CONVERTER_SCRIPT).is_file():  # not a concurrent extraction that won the race
+            if not _complete(root):  # a broken earlier extraction, not a concurrent one that won the race
                 shutil.rmtree(root, ignore_errors=True)
                 os.rename(tmp, root)
     except (tarfile.TarError, KeyError, EOFError) as exc:
@@ -404,6 +408,11 @@ def convert_to_gguf(hf_dir: str | Path, out_path: str | Path, outtype: str = "f1
     return out_path
 
 
+# converter log lines worth showing (not the per-tensor and per-hparam ones)
+_FORWARDED = ("INFO:hf-to-gguf:Loading model", "INFO:hf-to-gguf:Model architecture", "INFO:hf-to-gguf:Exporting",
+              "INFO:hf-to-gguf:Model successfully", "WARNING:hf-to-gguf", "ERROR:hf-to-gguf")
+
+
 def _run_streaming(cmd: list[str], env: dict[str, str], say: Progress) -> list[str]:
     """Run ``cmd``; forward its meaningful output lines to ``say``; return all lines + a final ``exit N``."""
     lines: list[str] = []
@@ -414,7 +423,7 @@ def _run_streaming(cmd: list[str], env: dict[str, str], say: Progress) -> list[s
             for line in raw.replace("\r", "\n").splitlines():
                 if line.strip():
                     lines.append(line.rstrip())
-                    if "%|" not in line and line.startswith(("INFO:hf-to-gguf", "INFO:gguf.gguf_writer")):
+                    if line.startswith(_FORWARDED):
                         say(line.split(":", 2)[-1].strip())
         code = proc.wait()
     lines.append(f"exit {code}")
@@ -727,7 +736,8 @@ def _imatrix_chunks(gguf_path: Path, texts: Sequence[str], chunk: int, callback:
                 raise ArteError("importance matrix: calibration texts are empty; give at least a few sentences")
             params = llama_cpp.llama_context_default_params()
             params.n_ctx = params.n_batch = params.n_ubatch = chunk
-            params.n_threads = params.n_threads_batch = threads or min(os.cpu_count() or 1, 8)
+            # 1 by default: ggml's spin-waiting threads collapse on a shared machine (see verify.DEFAULT_THREADS)
+            params.n_threads = params.n_threads_batch = threads or 1
             params.cb_eval, params.cb_eval_user_data = callback, None
             ctx = llama_cpp.llama_init_from_model(model, params)
             if not ctx:
@@ -859,6 +869,7 @@ def export_gguf(
     ``thresholds`` overrides verification thresholds per type (``{"Q4_K_M": {"min_top1": 0.9}}``).
     ``imatrix_texts``: compute an importance matrix on these texts and use it for the quants.
     ``on_artifact`` is called with each finished artifact (so a caller can record it before the next one).
+    ``threads``: quantizer threads (default: cores, up to 8) and verification/imatrix threads (default 1).
     """
     from arte_edge.export.modelfile import write_modelfile
 
@@ -873,6 +884,7 @@ def export_gguf(
     f16 = out_dir / f".{name}.f16.work.gguf"
     artifacts: list[GGUFArtifact] = []
     imatrix_path: Path | None = None
+    reference: list[Any] = []  # the HF model's outputs, computed at the first verification and reused
     try:
         convert_to_gguf(hf_dir, f16, "f16", say, allow_no_chat_template=allow_no_chat_template)
         if imatrix_texts:
@@ -893,7 +905,12 @@ def export_gguf(
             report = None
             if verify:
                 limits = {k.upper(): v for k, v in (thresholds or {}).items()}.get(qtype)
-                report = _verify_artifact(hf_dir, work, final, qtype, prompts, texts, limits, say)
+                report = _verify_artifact(hf_dir, work, final, qtype, limits, say, reference, prompts, texts,
+                                          threads)
+            else:
+                from arte_edge.export.verify import check_gguf_loads_in_llama_cpp
+
+                check_gguf_loads_in_llama_cpp(work, threads=threads)
             os.replace(work, final)
             modelfile = write_modelfile(final, hf_dir)
             artifact = GGUFArtifact(final, qtype, final.stat().st_size, modelfile, _moved(result, final), report)
@@ -910,19 +927,20 @@ def export_gguf(
     return sorted(artifacts, key=lambda a: names.index(a.qtype))
 
 
-def _verify_artifact(hf_dir: Path, work: Path, final: Path, qtype: str, prompts: Any, texts: Any,
-                     thresholds: dict[str, Any] | None, say: Progress) -> dict[str, Any]:
+def _verify_artifact(hf_dir: Path, work: Path, final: Path, qtype: str, thresholds: dict[str, Any] | None,
+                     say: Progress, reference: list[Any], prompts: Any, texts: Any,
+                     threads: int | None) -> dict[str, Any]:
     from arte_edge.export.errors import VerificationError
-    from arte_edge.export.verify import verify_gguf
+    from arte_edge.export.verify import hf_reference, verify_gguf
 
+    if not reference:
+        say(f"running {hf_dir.name} (fp32) on the verification prompts and texts")
+        kwargs = {k: v for k, v in (("prompts", prompts), ("texts", texts)) if v is not None}
+        reference.append(hf_reference(hf_dir, threads=threads, **kwargs))
     say(f"verifying {final.name} against {hf_dir.name} (tokenizer, greedy, next-token KL)")
-    kwargs: dict[str, Any] = {"qtype": qtype, "label": final.name, "thresholds": thresholds}
-    if prompts is not None:
-        kwargs["prompts"] = prompts
-    if texts is not None:
-        kwargs["texts"] = texts
     try:
-        return verify_gguf(hf_dir, work, exact=qtype in ("F16", "F32", "BF16"), **kwargs)
+        return verify_gguf(hf_dir, work, exact=qtype in ("F16", "F32", "BF16"), qtype=qtype, label=final.name,
+                           thresholds=thresholds, reference=reference[0], threads=threads)
     except VerificationError:
         os.replace(work, final.with_name(final.name.removesuffix(".gguf") + ".unverified.gguf"))
         raise

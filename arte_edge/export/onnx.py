@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -53,6 +53,8 @@ BUILDER_ARCHITECTURES_0_18: frozenset[str] = frozenset({
 })
 # Multimodal / speech checkpoints the builder accepts but whose export is not a plain text decoder.
 _NOT_TEXT_DECODERS = frozenset({"WhisperForConditionalGeneration", "Phi3VForCausalLM", "Phi4MMForCausalLM"})
+# Builder --extra_options per precision (see docs/onnx.md for the measurements behind them).
+DEFAULT_BUILDER_OPTIONS: dict[str, dict[str, str]] = {}
 _ARCH_PATTERN = re.compile(r"""config\.architectures\[0\]\s*==\s*["'](\w+)["']""")
 
 
@@ -135,11 +137,14 @@ def export_onnx(
     *,
     threads: int | None = None,
     verify: bool = True,
+    builder_options: Mapping[str, str] | None = None,
 ) -> OnnxArtifact:
     """Build ``out_dir`` from the Hugging Face folder ``hf_dir`` at ``precision``, verified before it appears.
 
     ``int8``/``int4`` are the builder's weight-only block quantization (MatMulNBits, block 32, symmetric);
     ``threads`` is written as the decoder's ``intra_op_num_threads`` (None: onnxruntime's default).
+    ``builder_options`` are passed as the builder's ``--extra_options KEY=VALUE`` and replace
+    ``DEFAULT_BUILDER_OPTIONS[precision]`` key by key.
     Raises ArteError for an unsupported model or a builder failure, VerificationError when the export
     disagrees with the source model beyond the thresholds of its precision (see onnx_verify.THRESHOLDS).
     """
@@ -147,7 +152,7 @@ def export_onnx(
         raise ArteError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     hf_dir, out_dir = Path(hf_dir).resolve(), Path(out_dir).resolve()
     say = progress or (lambda _message: None)
-    check_exportable(hf_dir)
+    config = check_exportable(hf_dir)
     _check_destination(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
@@ -155,7 +160,8 @@ def export_onnx(
     try:
         start = time.perf_counter()
         say(f"building {precision} ONNX of {hf_dir} with onnxruntime-genai's model builder")
-        _run_builder(hf_dir, tmp, precision, log_path=out_dir.parent / f"{out_dir.name}.builder.log")
+        options = _builder_options(precision, builder_options, config)
+        _run_builder(hf_dir, tmp, precision, options, log_path=out_dir.parent / f"{out_dir.name}.builder.log")
         _check_graph_size(tmp)
         _finalize_genai_config(tmp, hf_dir, threads)
         build_s = time.perf_counter() - start
@@ -166,12 +172,22 @@ def export_onnx(
             say(f"verifying {out_dir.name} against the fp32 source (greedy, next-token KL, tokenizer)")
             report = verify_onnx(hf_dir, tmp, precision=precision, label=str(out_dir))
         artifact = OnnxArtifact(out_dir, precision, _folder_size(tmp), threads, round(build_s, 2), report)
-        _write_manifest(tmp, artifact, hf_dir)
+        _write_manifest(tmp, artifact, hf_dir, options)
         _replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"wrote {out_dir} ({artifact.size_bytes / 1e6:.1f} MB)")
     return artifact
+
+
+def _builder_options(precision: str, user: Mapping[str, str] | None, config: dict[str, Any]) -> dict[str, str]:
+    options = {**DEFAULT_BUILDER_OPTIONS.get(precision, {}), **{k: str(v) for k, v in (user or {}).items()}}
+    asymmetric = options.get("is_symmetric", "true").lower() in {"false", "0"}
+    if asymmetric and config.get("tie_word_embeddings") and "shared_embeddings" not in options:
+        # 0.18 writes a graph onnxruntime rejects (uint8 Reshape into a float Gather) for asymmetric
+        # quantization with a shared embedding/LM-head matrix; untie them instead.
+        options["shared_embeddings"] = "false"
+    return options
 
 
 def _check_destination(out_dir: Path) -> None:
@@ -180,10 +196,12 @@ def _check_destination(out_dir: Path) -> None:
         raise ArteError(f"{out_dir}: exists and is not an arte-edge ONNX export; choose an empty or new folder")
 
 
-def _run_builder(hf_dir: Path, out: Path, precision: str, *, log_path: Path) -> None:
+def _run_builder(hf_dir: Path, out: Path, precision: str, options: Mapping[str, str], *, log_path: Path) -> None:
     cache = out.parent / f"{out.name}.cache"
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out),
            "-p", precision, "-e", "cpu", "-c", str(cache)]
+    if options:
+        cmd += ["--extra_options", *(f"{key}={value}" for key, value in options.items())]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -282,7 +300,7 @@ def _folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def _write_manifest(folder: Path, artifact: OnnxArtifact, hf_dir: Path) -> None:
+def _write_manifest(folder: Path, artifact: OnnxArtifact, hf_dir: Path, builder_options: Mapping[str, str]) -> None:
     from importlib.metadata import PackageNotFoundError, version
 
     def ver(dist: str) -> str | None:
@@ -297,6 +315,7 @@ def _write_manifest(folder: Path, artifact: OnnxArtifact, hf_dir: Path) -> None:
         "source": str(hf_dir),
         "size_bytes": artifact.size_bytes,
         "threads": artifact.threads,
+        "builder_options": dict(builder_options),
         "build_s": artifact.build_s,
         "versions": {d: ver(d) for d in ("onnxruntime-genai", "onnxruntime", "transformers", "arte-edge")},
         "verification": artifact.verification,

@@ -3,6 +3,7 @@ durable, resumable loop that writes accepted and rejected records in batches."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -26,19 +27,36 @@ def answer_messages(task: Task, item: Item, demos: Iterable[tuple[str, str]] = (
     return messages
 
 
-TEACHER_STYLE = (" Be concise: reason in at most three short sentences, and always finish with the final answer line"
-                 " exactly as specified.")
+TEACHER_STYLE = (" Be concise: explain in one to three short sentences, then write the final answer line exactly as"
+                 " specified. Do not discuss every option.")
+
+# One worked example per answer kind, shown to the teacher only: small teachers (0.5B) follow a demonstrated
+# format far better than an instruction, and ramble through every option without one. Hand-written, not taken
+# from any dataset, so nothing leaks into evaluation.
+FORMAT_DEMOS: dict[str, tuple[str, str]] = {
+    "multiple_choice": (
+        "Which of these is a renewable source of energy?\nA. coal\nB. natural gas\nC. wind\nD. oil",
+        "Coal, natural gas and oil are fossil fuels that took millions of years to form. Wind is replenished "
+        "naturally all the time, so it is renewable.\nAnswer: C",
+    ),
+    "numeric": (
+        "A box holds 12 pencils. A teacher buys 5 boxes and gives away 14 pencils. How many pencils are left?",
+        "The 5 boxes hold 5 × 12 = 60 pencils. After giving away 14, 60 − 14 = 46 pencils are left.\nAnswer: 46",
+    ),
+}
 
 
 def teacher_messages(task: Task, item: Item) -> list[Message]:
-    """The teacher's prompt for ``item``: the student's prompt plus a conciseness instruction.
+    """The teacher's prompt for ``item``: the student's prompt, a conciseness instruction and a format demo.
 
     Small students learn short rationales better, and short teacher answers keep generation cheap; the
-    training example itself keeps the task's own system prompt (the one used at evaluation).
+    training example itself keeps the task's own system prompt and no demo (the prompt used at evaluation).
     """
-    messages = answer_messages(task, item)
-    suffix = "" if task.kind == "code" else TEACHER_STYLE
-    messages[0] = {"role": "system", "content": task.system_prompt + suffix}
+    if task.kind == "code":
+        return answer_messages(task, item)
+    demo = FORMAT_DEMOS.get(task.kind)
+    messages = answer_messages(task, item, [demo] if demo else [])
+    messages[0] = {"role": "system", "content": task.system_prompt + TEACHER_STYLE}
     return messages
 
 
@@ -104,10 +122,16 @@ class DurableCollector:
         return len(self.done_ids)
 
     def run(self, candidates: Iterable[tuple[str, Callable[[], Outcome]]], *, target: int, max_attempts: int,
-            batch_size: int, on_progress: Callable[[int, int], None] | None = None) -> None:
-        """Produce candidates (id, thunk) in order until ``target`` accepted or ``max_attempts`` tried."""
+            batch_size: int, on_progress: Callable[[int, int], None] | None = None, parallel: int = 1) -> None:
+        """Produce candidates (id, thunk) in order until ``target`` accepted or ``max_attempts`` tried.
+
+        With ``parallel`` > 1, windows of up to ``parallel`` thunks run on threads (the backend must be
+        thread-safe); outcomes are still recorded in candidate order and the stop rule is applied per
+        outcome, so the files hold exactly what a sequential run writes (extra answers of the last window
+        are dropped, not recorded).
+        """
         batch: list[Outcome] = []
-        for outcome in self._produce(candidates, target, max_attempts, batch):
+        for outcome in self._produce(candidates, target, max_attempts, batch, parallel):
             batch.append(outcome)
             if len(batch) >= batch_size:
                 self._flush(batch)
@@ -116,16 +140,30 @@ class DurableCollector:
                             self.n_attempted + len(batch))
         self._flush(batch)
 
+    def _room(self, target: int, max_attempts: int, batch: list[Outcome]) -> int:
+        """How many more candidates may still be recorded (0 = stop)."""
+        accepted = self.n_accepted + sum(o.example is not None for o in batch)
+        attempted = self.n_attempted + len(batch)
+        return 0 if accepted >= target else max(0, max_attempts - attempted)
+
     def _produce(self, candidates: Iterable[tuple[str, Callable[[], Outcome]]], target: int, max_attempts: int,
-                 batch: list[Outcome]) -> Iterator[Outcome]:
-        for record_id, make in candidates:
-            accepted = self.n_accepted + sum(o.example is not None for o in batch)
-            attempted = self.n_attempted + len(batch)
-            if accepted >= target or attempted >= max_attempts:
-                return
-            if record_id in self.done_ids:
-                continue
-            yield make()
+                 batch: list[Outcome], parallel: int = 1) -> Iterator[Outcome]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pending = ((rid, make) for rid, make in candidates if rid not in self.done_ids)
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            while room := self._room(target, max_attempts, batch):
+                window = list(itertools.islice(pending, min(max(1, parallel), room)))
+                if not window:
+                    return
+                if len(window) == 1:
+                    outcomes: Iterable[Outcome] = [window[0][1]()]
+                else:
+                    outcomes = pool.map(lambda candidate: candidate[1](), window)
+                for outcome in outcomes:
+                    if not self._room(target, max_attempts, batch):
+                        return
+                    yield outcome
 
     def _flush(self, batch: list[Outcome]) -> None:
         examples = [o.example for o in batch if o.example is not None]

@@ -133,6 +133,7 @@ def generate(teacher: ChatModel, task: Task, *, pool: Sequence[Item], seeds: Seq
         candidates = pool_candidates(teacher, task, pool, settings)
     else:
         candidates = synthesize_candidates(teacher, task, seeds, settings)
+    # Concurrent only where the backend declares it (OpenAIChat.parallel); in-process models are not thread-safe.
     collector.run(candidates, target=target, max_attempts=max_attempts, batch_size=batch_size,
-                  on_progress=on_progress)
+                  on_progress=on_progress, parallel=int(getattr(teacher, "parallel", 1) or 1))
     return collector.totals()

@@ -98,14 +98,21 @@ def train_adapter(base_dir: Path, examples: list[dict[str, Any]], out_dir: Path,
     with progress("train", trainer.state.max_steps or None) as advance:
         trainer.add_callback(_progress_callback(advance))
         result = trainer.train(resume_from_checkpoint=resume)
+    # Under `accelerate launch` every rank gets here. save_model is collective (FSDP gathers shards) and
+    # writes on the main process only; everything else in the run directory is the main process's job.
+    main = trainer.accelerator.is_main_process
     tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    if main:
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+        (out_dir.parent / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    trainer.accelerator.wait_for_everyone()
     history = [h for h in trainer.state.log_history if "loss" in h]
-    (out_dir.parent / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return {"steps": trainer.state.global_step, "train_loss": round(result.training_loss, 4),
             "first_loss": history[0]["loss"] if history else None,
             "last_loss": history[-1]["loss"] if history else None,

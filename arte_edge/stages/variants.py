@@ -70,4 +70,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
         atomic_write_json(summary_path, summary)
         out[name] = {"n_train": len(rows), "teacher_calls": _teacher_cost(rows, path.parent / "cost.json"),
                      "accuracy": round(summary[f"variant-{name}"]["accuracy"], 4)}
-    return {"variants": out}
+    return {"variants": out, **_method_after_variants(ctx)}
+
+
+def _method_after_variants(ctx: StageContext) -> dict[str, Any]:
+    """A method's own evaluation of the variant students (e.g. PERsD's HumanEval table), when it has one."""
+    import importlib
+
+    hook = getattr(importlib.import_module(f"arte_edge.methods.{ctx.recipe.method}"), "after_variants", None)
+    return (hook(ctx) or {}) if hook else {}

