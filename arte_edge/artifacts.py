@@ -47,8 +47,8 @@ def disk_size(path: Path) -> int:
     """Bytes of a file, or of the weight files in a folder."""
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if (p.is_file() and p.suffix in
-               {".safetensors", ".bin", ".onnx", ".data", ".gguf"}) or p.name.endswith(".onnx.data"))
+    weights = {".safetensors", ".bin", ".onnx", ".data", ".gguf"}
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in weights)
 
 
 def registry_path(root: Path) -> Path:
