@@ -463,12 +463,10 @@ def _check_next_token(llm: Any, ref: HFReference) -> dict[str, Any]:
 
 
 def _kl(ref_logits: Any, got_logits: Any) -> Any:
-    """Per-position KL(softmax(ref) || softmax(got)) in nats."""
-    import numpy as np
-    from scipy.special import log_softmax
+    """Per-position KL(softmax(ref) || softmax(got)): the one implementation shared with ONNX verification."""
+    from arte_edge.export.onnx_verify import _kl as kl
 
-    log_p, log_q = log_softmax(ref_logits, axis=-1), log_softmax(got_logits, axis=-1)
-    return (np.exp(log_p) * (log_p - log_q)).sum(-1)
+    return kl(ref_logits, got_logits)
 
 
 # ------------------------------------------------------------------------------------------------ verdict
