@@ -119,8 +119,8 @@ def run_pipeline(recipe: Recipe, run_dir: str | Path, *, source: str, from_stage
     if from_stage is not None:
         run.reset_from(from_stage)
     ctx = StageContext(recipe, run)
+    record_models(ctx)  # before the splits: a missing model is the first thing to fix
     ctx.ensure_splits()
-    record_models(ctx)
     for name in stages:
         if only and name not in only:
             continue

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arte_edge.backends.base import Completion, Message, SamplingParams
+
+if TYPE_CHECKING:
+    from transformers import StoppingCriteriaList
 
 
 class HFChat:
@@ -45,19 +50,22 @@ class HFChat:
         start = time.perf_counter()
         sample = params.temperature > 0
         torch.manual_seed(params.seed)
+        prompt_len = enc["input_ids"].shape[1]
+        criteria = _text_stop_criteria(self.tokenizer, prompt_len, params)
         with torch.inference_mode():
             gen = self.model.generate(
                 **enc, max_new_tokens=params.max_tokens, do_sample=sample,
                 temperature=params.temperature if sample else None, top_p=params.top_p if sample else None,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self._eos_ids())
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self._eos_ids(),
+                stopping_criteria=criteria)
         seconds = (time.perf_counter() - start) / max(1, len(conversations))
         results = []
-        prompt_len = enc["input_ids"].shape[1]
         for row, mask in zip(gen, enc["attention_mask"], strict=True):
             new = row[prompt_len:]
             n_new = int((new != self.tokenizer.pad_token_id).sum())
             text = self.tokenizer.decode(new, skip_special_tokens=True)
             text, stopped = _cut_at_stop(text, params.stop)
+            stopped = stopped or bool(params.stop_regex and re.search(params.stop_regex, text))
             finish = "stop" if stopped or n_new < params.max_tokens else "length"
             results.append(Completion(text, int(mask.sum()), n_new, finish, seconds))
         return results
@@ -75,3 +83,27 @@ class HFChat:
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     cut = min((text.find(s) for s in stops if s and s in text), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _text_stop_criteria(tokenizer, prompt_len: int, params: SamplingParams) -> StoppingCriteriaList | None:
+    """Stop each row of a batch once its new text contains a stop string or matches ``stop_regex``.
+
+    Without this a row that has already written its answer line keeps decoding to ``max_tokens``, which
+    dominates evaluation time on CPU. Rows stop independently (transformers pads finished rows).
+    """
+    if not params.stop and not params.stop_regex:
+        return None
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    pattern = re.compile(params.stop_regex) if params.stop_regex else None
+
+    class _TextStop(StoppingCriteria):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            for i, row in enumerate(input_ids[:, prompt_len:]):
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                done[i] = any(s in text for s in params.stop if s) or bool(pattern and pattern.search(text))
+            return done
+
+    return StoppingCriteriaList([_TextStop()])
