@@ -94,8 +94,14 @@ def list_artifacts(ctx: StageContext, *, include_base: bool = True) -> list[Arti
     return out + read_exported(ctx.run.root)
 
 
-def open_artifact(artifact: Artifact, root: Path, *, threads: int = 2, n_ctx: int = 2048) -> ChatModel:
-    """A chat model running the artifact on its native runtime."""
+def open_artifact(artifact: Artifact, root: Path, *, threads: int = 2, n_ctx: int = 2048,
+                  device_faithful: bool = False) -> ChatModel:
+    """A chat model running the artifact on its native runtime.
+
+    ``device_faithful``: decode a GGUF one conversation at a time, as the device will. Batched llama.cpp
+    decoding is faster for big models but changes float rounding, so greedy text can differ from batch-1
+    (seen on 19 of 48 SmolLM2 answers here); accuracy must be that of the shipped runtime.
+    """
     path = artifact.resolve(root)
     if not path.exists():
         raise ArteError(f"{path}: artifact {artifact.name!r} is missing; re-run the export stage")
@@ -106,7 +112,8 @@ def open_artifact(artifact: Artifact, root: Path, *, threads: int = 2, n_ctx: in
     if artifact.format == "gguf":
         from arte_edge.backends.llamacpp import LlamaCppChat
 
-        return LlamaCppChat(path, threads=threads, n_ctx=n_ctx, name=artifact.name)
+        return LlamaCppChat(path, threads=threads, n_ctx=n_ctx, name=artifact.name,
+                            batch_size=1 if device_faithful else 8)
     if artifact.format == "onnx":
         from arte_edge.backends.onnx import OnnxChat
 

@@ -67,6 +67,9 @@ class GenerateConfig(_Section):
     question_temperature: float = Field(1.0, ge=0.0, le=2.0, description="Temperature for drafting questions.")
     max_tokens: int = Field(256, ge=16, description="Max new tokens per teacher answer.")
     batch_size: int = Field(8, ge=1, description="Examples per durable write (flush + fsync).")
+    answer_followup: bool = Field(
+        True, description="When the teacher finishes without a parseable answer line, ask once more for the "
+        "answer line alone (two-stage answer extraction; counted as a teacher call).")
 
 
 class TrainConfig(_Section):

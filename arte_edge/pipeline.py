@@ -11,7 +11,7 @@ from typing import Any
 
 from arte_edge.config import Recipe, recipe_to_dict
 from arte_edge.errors import ArteError
-from arte_edge.progress import log
+from arte_edge.progress import log, quiet_libraries
 from arte_edge.rundir import STAGES, RunDir
 from arte_edge.stages.context import StageContext
 
@@ -118,6 +118,7 @@ def run_pipeline(recipe: Recipe, run_dir: str | Path, *, source: str, from_stage
     init_run(recipe, run, source, from_stage)
     if from_stage is not None:
         run.reset_from(from_stage)
+    quiet_libraries()
     ctx = StageContext(recipe, run)
     record_models(ctx)  # before the splits: a missing model is the first thing to fix
     ctx.ensure_splits()

@@ -44,3 +44,23 @@ def log(message: str) -> None:
     from rich.console import Console
 
     Console(stderr=True, highlight=False).print(message)
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter that says nothing to a user: per-file loading bars when not on a terminal,
+    deprecation warnings raised inside TRL/peft, and bitsandbytes' note about an optional CPU kernel hub
+    (unreachable offline; it falls back to its own kernels)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    if not sys.stderr.isatty():
+        with contextlib.suppress(ImportError):
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        with contextlib.suppress(ImportError):
+            import datasets
+
+            datasets.disable_progress_bars()

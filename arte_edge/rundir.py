@@ -92,11 +92,16 @@ class JsonlAppender:
             os.fsync(fh.fileno())
 
 
+def is_main_process() -> bool:
+    """False on the non-zero ranks of a distributed launch (``RANK`` set by accelerate/torchrun)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 class RunDir:
     """Paths and manifest of one run (``runs/<name>/``)."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # stages store paths relative to it; both sides must be absolute
 
     # -- paths -------------------------------------------------------------------------------------
     @property
@@ -128,11 +133,16 @@ class RunDir:
             raise ArteError(f"{self.manifest_path}: corrupt manifest ({exc.msg}); "
                             "restore it or start a new run directory") from exc
 
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        # Under `accelerate launch` every rank runs the stage; only the main process (RANK 0) records it.
+        if is_main_process():
+            atomic_write_json(self.manifest_path, manifest)
+
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
         """Merge top-level ``fields`` into the manifest atomically."""
         manifest = self.read_manifest()
         manifest.update(fields)
-        atomic_write_json(self.manifest_path, manifest)
+        self._write_manifest(manifest)
         return manifest
 
     def stage_info(self, stage: str) -> dict[str, Any]:
@@ -148,7 +158,7 @@ class RunDir:
         manifest = self.read_manifest()
         entry = manifest.setdefault("stages", {}).setdefault(stage, {})
         entry.update(status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"), **fields)
-        atomic_write_json(self.manifest_path, manifest)
+        self._write_manifest(manifest)
 
     def reset_from(self, stage: str) -> None:
         """Mark ``stage`` and every later stage as not done (``--from STAGE``)."""
@@ -157,7 +167,7 @@ class RunDir:
         for name in STAGES[STAGES.index(stage):]:
             if name in stages:
                 stages[name]["status"] = "pending"
-        atomic_write_json(self.manifest_path, manifest)
+        self._write_manifest(manifest)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:

@@ -163,6 +163,20 @@ def test_kill_during_train_resumes_from_checkpoint(tmp_path: Path, tiny_model_di
     assert outputs["steps"] == 36  # 24 examples / batch 2 * 3 epochs: the resumed run finished the schedule
     assert (run_dir / "student" / "adapter" / "adapter_config.json").exists()
 
+    # The resumed run ends where an unbroken run ends: same data, same schedule, same weights.
+    clean = tmp_path / "clean"
+    assert _run_cli(["generate", str(recipe), "--run-dir", str(clean)]).returncode == 0
+    assert _run_cli(["train", str(recipe), "--run-dir", str(clean)]).returncode == 0
+    assert [r["id"] for r in read_jsonl(clean / "data" / "examples.jsonl")] == \
+        [r["id"] for r in read_jsonl(run_dir / "data" / "examples.jsonl")]
+    from safetensors.torch import load_file
+
+    resumed_w = load_file(run_dir / "student" / "adapter" / "adapter_model.safetensors")
+    clean_w = load_file(clean / "student" / "adapter" / "adapter_model.safetensors")
+    assert resumed_w.keys() == clean_w.keys()
+    worst = max(float((resumed_w[k] - clean_w[k]).abs().max()) for k in clean_w)
+    assert worst < 1e-5, f"resumed adapter differs from the unbroken run by {worst}"
+
 
 def test_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
@@ -199,3 +213,37 @@ def test_changed_recipe_needs_from(tmp_path: Path, tiny_model_dir: Path, oracle:
     assert _run_cli(["generate", str(recipe), "--run-dir", str(tmp_path / "run")]).returncode == 0
     res = _run_cli(["run", str(recipe), "--run-dir", str(tmp_path / "run"), "--set", "train.lr=0.001"])
     assert res.returncode == 2 and "train.lr" in res.stderr and "--from" in res.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_train_under_accelerate_with_two_cpu_processes(tmp_path: Path, tiny_model_dir: Path, oracle: str) -> None:
+    """`accelerate launch` (2 processes, gloo on CPU): DDP trains, rank 0 alone writes, the merged model loads."""
+    recipe = write_recipe(tmp_path, tiny_model_dir, oracle, generate={"n_examples": 16})
+    run_dir = tmp_path / "run"
+    assert _run_cli(["generate", str(recipe), "--run-dir", str(run_dir)]).returncode == 0
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+              str(_free_port()), "-m", "arte_edge.cli", "train", str(recipe), "--run-dir", str(run_dir)]
+    res = subprocess.run(launch, capture_output=True, text=True, cwd=ROOT, timeout=500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    train = json.loads((run_dir / "manifest.json").read_text())["stages"]["train"]
+    assert train["status"] == "done"
+    # 16 examples, batch 2 per process, 2 processes: 4 optimizer steps per epoch (8 on one process).
+    assert train["outputs"]["steps"] == 4, train
+    assert train["outputs"]["world_size"] == 2
+
+    merged = _run_cli(["merge", str(recipe), "--run-dir", str(run_dir)])
+    assert merged.returncode == 0, merged.stderr
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "student" / "merged")
+    assert model.config.num_hidden_layers == 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

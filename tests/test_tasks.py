@@ -194,6 +194,26 @@ def test_multiple_choice_check_reasons_and_choice_text() -> None:
     assert task.check(item, "Answer: E").predicted is None  # only A-D exist for this item
 
 
+def test_flexible_check_finds_a_lone_leading_letter_but_not_a_recited_list() -> None:
+    task = get_task("arc_challenge")
+    item = next(i for i in task.load() if i.id == "arc_challenge/Mercury_7175875")
+    assert not task.check(item, "C. Planetary days will become shorter.").correct
+    assert task.check_flexible(item, "C. Planetary days will become shorter.").correct
+    assert task.check_flexible(item, "(C) shorter days, because it spins faster").predicted == "C"
+    recited = "A. longer days\nB. no change\nC. shorter days\nD. longer years"
+    assert task.check_flexible(item, recited).predicted is None
+    assert task.check_flexible(item, "Answer: A\nC. shorter").predicted == "A"  # the strict answer wins
+    assert task.check_flexible(item, "E. none").predicted is None  # only A-D exist
+
+
+def test_flexible_numeric_takes_the_last_number() -> None:
+    task = get_task("gsm8k")
+    item = task.load()[0]
+    assert task.check_flexible(item, "16 - 3 - 4 = 9 eggs, 9 * $2 = $18").correct
+    assert task.check_flexible(item, "She makes 18 dollars, not 20.").predicted == "20"
+    assert task.check_flexible(item, "no idea").predicted is None
+
+
 def test_numeric_check_reasons() -> None:
     task = get_task("gsm8k")
     item = task.load()[0]

@@ -11,14 +11,27 @@ import sys
 from typing import Any
 
 
-def _rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _rss_bytes(field: str = "VmHWM") -> int:
+    """Peak (VmHWM) or current (VmRSS) resident set of this process.
+
+    Not ``ru_maxrss``: Linux carries it across exec, so a worker started by a process holding a 1.3 GB model
+    would report that parent's size as its own peak.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            lines = status.readlines()
+        for line in lines:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: best available
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Run the runner for ``spec['format']`` and attach peak RSS."""
     kwargs = {k: spec[k] for k in ("threads", "prompt_tokens", "gen_tokens", "repetitions", "warmup")}
-    baseline = _rss_bytes()
+    baseline = _rss_bytes("VmRSS")
     if spec["format"] == "gguf":
         from arte_edge.bench.llamacpp_runner import run_gguf
 

@@ -37,22 +37,44 @@ class GenerationSettings:
     temperature: float
     question_temperature: float
     max_tokens: int
+    answer_followup: bool = True
+
+
+ANSWER_FOLLOWUP = "Now write only your final answer line, exactly in the form 'Answer: <answer>'."
 
 
 def answer_with_teacher(teacher: ChatModel, task: Task, item: Item, settings: GenerationSettings,
                         record_id: str, extra_meta: dict[str, Any] | None = None) -> Outcome:
-    """Ask the teacher to answer ``item``; accept the completion only if the checker passes it."""
+    """Ask the teacher to answer ``item``; accept the completion only if the checker passes it.
+
+    A completion that ended on its own but gave no parseable answer gets one follow-up turn asking for the
+    answer line alone (two-stage answer extraction, as in zero-shot CoT): small teachers often reason
+    correctly and then forget the format. Truncated completions are not rescued (their rationale is cut).
+    """
     params = SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature,
                             seed=settings.seed)
-    completion = teacher.chat(teacher_messages(task, item), params)
-    meta = {"method": "standard", "teacher": settings.teacher_name, **completion_cost(completion),
+    messages = teacher_messages(task, item)
+    completion = teacher.chat(messages, params)
+    calls = [completion]
+    text = completion.text
+    if (settings.answer_followup and completion.ok and task.kind != "code" and completion.finish_reason == "stop"
+            and task.extract_answer(text) is None):
+        followup = teacher.chat([*messages, {"role": "assistant", "content": text},
+                                 {"role": "user", "content": ANSWER_FOLLOWUP}],
+                                SamplingParams(max_tokens=24, temperature=0.0, seed=settings.seed))
+        calls.append(followup)
+        if followup.ok and task.extract_answer(followup.text) is not None:
+            text = f"{text.rstrip()}\n{followup.text.strip()}"
+    meta = {"method": "standard", "teacher": settings.teacher_name, **completion_cost(*calls),
             **(extra_meta or {})}
+    if len(calls) > 1:
+        meta["answer_followup"] = True
     if not completion.ok:
         return Outcome(record_id, None, _rejection(record_id, item, meta, f"teacher error: {completion.error}", ""))
-    check = task.check(item, completion.text)
+    check = task.check(item, text)
     if not check.correct:
-        return Outcome(record_id, None, _rejection(record_id, item, meta, check.reason, completion.text))
-    example = training_example(task, item, training_target(task, completion.text, check), record_id, meta)
+        return Outcome(record_id, None, _rejection(record_id, item, meta, check.reason, text))
+    example = training_example(task, item, training_target(task, text, check), record_id, meta)
     return Outcome(record_id, example, None)
 
 
@@ -66,7 +88,7 @@ def pool_candidates(teacher: ChatModel, task: Task, pool: Sequence[Item],
     """One candidate per train-pool item, in the recorded split order."""
     for item in pool:
         record_id = stable_id("standard/pool", item.id, settings.teacher_name, settings.seed,
-                              settings.temperature, settings.max_tokens)
+                              settings.temperature, settings.max_tokens, settings.answer_followup)
         yield record_id, (lambda item=item, rid=record_id: answer_with_teacher(teacher, task, item, settings, rid))
 
 

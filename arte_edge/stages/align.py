@@ -367,7 +367,7 @@ def dpo_config(cfg: ArteConfig, output_dir: Path, seed: int, n_pairs: int):
         gradient_accumulation_steps=max(1, cfg.dpo_batch_size // micro), num_train_epochs=cfg.dpo_epochs,
         lr_scheduler_type="cosine", warmup_steps=cfg.dpo_warmup_ratio, beta=cfg.dpo_beta, loss_type=["sigmoid"],
         max_length=cfg.dpo_max_length, bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,
-        gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to=[], seed=seed,
+        activation_checkpointing=False, logging_steps=1, save_strategy="no", report_to=[], seed=seed,
         use_cpu=not cuda, disable_tqdm=True, dataloader_num_workers=0)
 
 

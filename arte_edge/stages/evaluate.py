@@ -49,7 +49,9 @@ def evaluate_model(model: ChatModel, task: Task, items: Sequence[Item], out_path
 
 def _row(task: Task, item: Item, completion) -> dict[str, Any]:
     check = task.check(item, completion.text) if completion.ok else None
+    flexible = task.check_flexible(item, completion.text) if completion.ok else None
     return {"item_id": item.id, "correct": bool(check and check.correct),
+            "correct_flexible": bool(flexible and flexible.correct),
             "predicted": check.predicted if check else None,
             "reason": check.reason if check else f"generation error: {completion.error}",
             "completion": completion.text, "prompt_tokens": completion.prompt_tokens,
@@ -63,6 +65,10 @@ def summarise(rows_by_artifact: dict[str, list[dict[str, Any]]], reference: str 
     for name, rows in rows_by_artifact.items():
         flags = [r["correct"] for r in rows]
         summary: dict[str, Any] = accuracy_summary(flags)
+        # Rows written before flexible extraction existed count as their strict verdict.
+        flexible = accuracy_summary([r.get("correct_flexible", r["correct"]) for r in rows])
+        summary.update({f"{k}_flexible": flexible[k] for k in ("accuracy", "ci_low", "ci_high")})
+        summary["answered"] = round(sum(r.get("predicted") is not None for r in rows) / max(1, len(rows)), 4)
         summary["mean_completion_tokens"] = round(sum(r["completion_tokens"] for r in rows) / max(1, len(rows)), 1)
         if ref and name != reference and len(ref) == len(flags):
             summary[f"mcnemar_p_vs_{reference}"] = round(mcnemar_p(flags, ref), 4)
@@ -78,7 +84,7 @@ def run(ctx: StageContext, artifacts: list[Artifact] | None = None) -> dict[str,
     chosen = artifacts if artifacts is not None else list_artifacts(ctx, include_base=cfg.include_base)
     rows_by_artifact: dict[str, list[dict[str, Any]]] = {}
     for artifact in chosen:
-        model = open_artifact(artifact, ctx.run.root, threads=cfg.threads)
+        model = open_artifact(artifact, ctx.run.root, threads=cfg.threads, device_faithful=True)
         try:
             out_path = ctx.run.path("eval", f"{artifact.name}.jsonl")
             rows_by_artifact[artifact.name] = evaluate_model(model, ctx.task, items, out_path, params,

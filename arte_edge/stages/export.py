@@ -50,15 +50,17 @@ def export_gguf_artifacts(merged: Path, out_dir: Path, quants: list[str], name: 
     """GGUF files for ``quants`` (f16 once, then each quant), each verified before it is recorded."""
     from arte_edge.export.gguf import export_gguf
 
-    results = export_gguf(merged, out_dir, quants, name, progress=log, verify=verify)
-    artifacts = []
-    for res in results:
+    artifacts: list[Artifact] = []
+
+    def record(res) -> None:  # each verified file is recorded at once: a crash later does not redo it
         artifact = Artifact(name=f"gguf-{res.qtype.lower()}", format="gguf", quant=res.qtype.lower(),
                             path=str(Path(res.path).relative_to(root)), size_bytes=res.size_bytes,
                             verify=res.verification or {}, details={"quant": res.quant.to_dict(),
                                                                     "modelfile": str(Path(res.modelfile).name)})
         record_exported(root, artifact)
         artifacts.append(artifact)
+
+    export_gguf(merged, out_dir, quants, name, progress=log, verify=verify, on_artifact=record)
     return artifacts
 
 

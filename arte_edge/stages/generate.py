@@ -34,7 +34,8 @@ def run(ctx: StageContext) -> dict:
         raise ArteError("splits.seeds: is 0 but generate.questions is 'synthesize'; show the teacher ≥ 1 seed")
     settings = standard.GenerationSettings(teacher_name=recipe.teacher.model, seed=recipe.seed,
                                            temperature=gen.temperature,
-                                           question_temperature=gen.question_temperature, max_tokens=gen.max_tokens)
+                                           question_temperature=gen.question_temperature, max_tokens=gen.max_tokens,
+                                           answer_followup=gen.answer_followup)
     teacher = open_chat_model(recipe.teacher, seed=recipe.seed)
     try:
         with progress(f"generate ({gen.questions}, teacher {recipe.teacher.model})", gen.n_examples) as advance:

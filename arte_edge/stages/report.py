@@ -53,6 +53,7 @@ def artifact_rows(run: RunDir, eval_summary: dict[str, Any], bench: dict[str, An
             "accuracy": acc["accuracy"], "ci_low": acc["ci_low"], "ci_high": acc["ci_high"], "n_eval": acc["n_eval"],
             "delta_vs_merged_pt": None if merged_acc is None else round(100 * (acc["accuracy"] - merged_acc), 2),
             "mcnemar_p_vs_base": acc.get("mcnemar_p_vs_base"),
+            "accuracy_flexible": acc.get("accuracy_flexible"), "answered": acc.get("answered"),
             **{k: summary.get(k) for k in LATENCY_KEYS},
         })
     return rows
@@ -74,7 +75,8 @@ def variant_rows(manifest: dict[str, Any], eval_summary: dict[str, Any]) -> list
         if acc:
             rows.append({"method": label, "n_train": n_train, "teacher_calls": calls, "accuracy": acc["accuracy"],
                          "ci_low": acc["ci_low"], "ci_high": acc["ci_high"], "n_eval": acc["n_eval"],
-                         "mcnemar_p_vs_base": acc.get("mcnemar_p_vs_base")})
+                         "mcnemar_p_vs_base": acc.get("mcnemar_p_vs_base"),
+                         "accuracy_flexible": acc.get("accuracy_flexible")})
     return rows
 
 
@@ -101,23 +103,29 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# arte-edge report: {report['run']}", "",
              f"Task **{report['task']}**, method **{report['method']}**, teacher `{report['teacher']}`, "
              f"student `{report['student']}`. Held-out n = {report['n_eval']}; accuracy with 95% Wilson interval; "
-             f"latency on **{report.get('device') or 'not benchmarked'}** (medians).", "",
+             f"latency on **{report.get('device') or 'not benchmarked'}** (medians). Accuracy is strict: the "
+             "answer must be on the final `Answer:` line the app would parse; *flexible* also accepts an answer "
+             "found elsewhere (a leading choice letter, the last number), so a gain only in *strict* is a gain "
+             "in following the output format; *answered* is the share of outputs with a parseable answer.", "",
              "## Artifacts", "",
-             "| artifact | format | quant | size MB | accuracy % | 95% CI | Δ vs merged pt | decode tok/s | "
-             "prompt tok/s | TTFT p50 ms | TTFT p90 ms | peak RSS MB |",
-             "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| artifact | format | quant | size MB | accuracy % | 95% CI | flexible % | answered % | "
+             "Δ vs merged pt | decode tok/s | prompt tok/s | TTFT p50 ms | TTFT p90 ms | peak RSS MB |",
+             "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["artifacts"]:
         lines.append(
             f"| {r['name']} | {r['format']} | {r['quant']} | {_fmt(r['size_bytes'], '.1f', 1e-6)} | "
             f"{_fmt(r['accuracy'], '.1f', 100)} | [{_fmt(r['ci_low'], '.1f', 100)}, {_fmt(r['ci_high'], '.1f', 100)}] "
+            f"| {_fmt(r.get('accuracy_flexible'), '.1f', 100)} | {_fmt(r.get('answered'), '.0f', 100)} "
             f"| {_fmt(r['delta_vs_merged_pt'], '+.1f')} | {_fmt(r['decode_tok_s'], '.1f')} | "
             f"{_fmt(r['prompt_tok_s'], '.0f')} | {_fmt(r['ttft_ms_p50'], '.0f')} | {_fmt(r['ttft_ms_p90'], '.0f')} | "
             f"{_fmt(r['peak_rss_bytes'], '.0f', 1e-6)} |")
     lines += ["", "## Training-data variants", "",
-              "| method | n_train | teacher calls | accuracy % | 95% CI |", "|---|---:|---:|---:|---|"]
+              "| method | n_train | teacher calls | accuracy % | 95% CI | flexible % | McNemar p vs base |",
+              "|---|---:|---:|---:|---|---:|---:|"]
     for v in report["variants"]:
         lines.append(f"| {v['method']} | {v['n_train']} | {v['teacher_calls']} | {_fmt(v['accuracy'], '.1f', 100)} | "
-                     f"[{_fmt(v['ci_low'], '.1f', 100)}, {_fmt(v['ci_high'], '.1f', 100)}] |")
+                     f"[{_fmt(v['ci_low'], '.1f', 100)}, {_fmt(v['ci_high'], '.1f', 100)}] | "
+                     f"{_fmt(v.get('accuracy_flexible'), '.1f', 100)} | {_fmt(v.get('mcnemar_p_vs_base'), '.3f')} |")
     rec = report.get("recommendation")
     lines += ["", "## Recommendation", "",
               f"Ship **{rec['name']}** ({rec['decode_tok_s']:.1f} tok/s, {100 * rec['accuracy']:.1f}%): {rec['rule']}."

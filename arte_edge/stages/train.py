@@ -14,7 +14,7 @@ from typing import Any
 
 from arte_edge.config import TrainConfig
 from arte_edge.errors import ArteError
-from arte_edge.progress import log, progress
+from arte_edge.progress import log, progress, quiet_libraries
 from arte_edge.rundir import read_jsonl
 from arte_edge.stages.context import StageContext
 
@@ -64,7 +64,7 @@ def sft_config(cfg: TrainConfig, output_dir: Path, seed: int):
         output_dir=str(output_dir), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, lr_scheduler_type="cosine",
         warmup_steps=0.1, logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
-        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False, gradient_checkpointing=False,
+        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False, activation_checkpointing=False,
         max_length=cfg.max_length, completion_only_loss=True, packing=False, report_to=[], seed=seed,
         dataloader_num_workers=0, use_cpu=not cuda, disable_tqdm=True, save_only_model=False,
     )
@@ -86,6 +86,7 @@ def train_adapter(base_dir: Path, examples: list[dict[str, Any]], out_dir: Path,
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
+    quiet_libraries()
     torch.set_num_threads(cfg.threads)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = load_student(base_dir, cfg)
@@ -117,6 +118,7 @@ def train_adapter(base_dir: Path, examples: list[dict[str, Any]], out_dir: Path,
             "first_loss": history[0]["loss"] if history else None,
             "last_loss": history[-1]["loss"] if history else None,
             "runtime_s": round(result.metrics.get("train_runtime", 0.0), 1), "mode": cfg.mode,
+            "world_size": trainer.accelerator.num_processes,
             "resumed_from": resume}
 
 

@@ -88,3 +88,9 @@ class Task:
     def check(self, item: Item, completion: str) -> Check:
         """Whether ``completion`` answers ``item`` correctly."""
         raise NotImplementedError
+
+    def check_flexible(self, item: Item, completion: str) -> Check:
+        """Like :meth:`check`, but when no final answer line is found, the answer is looked for elsewhere
+        (lm-eval's "flexible-extract" next to its "strict-match"). Reported beside the strict accuracy so that
+        a gain from learning the output format is not mistaken for a gain in knowledge."""
+        return self.check(item, completion)

@@ -20,6 +20,7 @@ from arte_edge.tasks.extract import (
 
 LETTERS = "ABCDEFGHIJ"
 NO_ANSWER = "no 'Answer:' line"
+_ANY_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
 
 MC_SYSTEM_PROMPT = (
     "Answer the multiple-choice question. Think it through step by step in a few sentences, then end "
@@ -88,6 +89,22 @@ class MultipleChoiceTask(Task):
             return Check(True, letter, "")
         return Check(False, letter, f"expected {item.answer}, got {letter}")
 
+    def check_flexible(self, item: Item, completion: str) -> Check:
+        """Strict check; failing an answer line, the one choice letter that starts lines ("C. mesosphere").
+
+        A completion that recites several options ("A. ...\nB. ...") names no answer and stays unanswered.
+        """
+        strict = self.check(item, completion)
+        if strict.predicted is not None:
+            return strict
+        valid = re.escape(LETTERS[: len(self.item_choices(item))] or self.letters)
+        found = set(re.findall(rf"(?m)^\s*[\(\[]?([{valid}])(?:[\)\]]|[.:])", completion))
+        if len(found) != 1:
+            return strict
+        letter = found.pop()
+        return Check(letter == item.answer, letter, "" if letter == item.answer else
+                     f"expected {item.answer}, got {letter} (flexible)")
+
 
 class NumericTask(Task):
     """The completion ends with ``Answer: <number>``; compared as numbers with a small tolerance."""
@@ -122,6 +139,20 @@ class NumericTask(Task):
         if numbers_match(value, gold, rel_tol=self.rel_tol, abs_tol=self.abs_tol):
             return Check(True, predicted, "")
         return Check(False, predicted, f"expected {item.answer}, got {predicted}")
+
+    def check_flexible(self, item: Item, completion: str) -> Check:
+        """Strict check; failing an answer line, the last number in the completion (lm-eval's flexible-extract)."""
+        strict = self.check(item, completion)
+        if strict.predicted is not None:
+            return strict
+        numbers = _ANY_NUMBER.findall(completion)
+        value = parse_number(numbers[-1]) if numbers else None
+        gold = parse_number(item.answer)
+        if value is None or gold is None:
+            return strict
+        predicted = format_number(value)
+        ok = numbers_match(value, gold, rel_tol=self.rel_tol, abs_tol=self.abs_tol)
+        return Check(ok, predicted, "" if ok else f"expected {item.answer}, got {predicted} (flexible)")
 
 
 class MathTask(NumericTask):
