@@ -10,7 +10,8 @@ the server on a free loopback port and checks, against the merged HF folder the 
 - ``/tokenize``: fixed strings tokenize to the HF tokenizer's ids (special tokens parsed);
 - ``/v1/chat/completions`` (greedy) on fixed questions: the reply ends because the model emitted its EOS
   (``finish_reason == "stop"`` before ``--max-tokens``), carries no chat-template markers, and is the same
-  text that llama-cpp-python (the product's runtime) gives for the same GGUF and messages.
+  text that llama-cpp-python (the product's runtime) gives for the same GGUF and messages (server started
+  with ``-fa off`` as llama-cpp-python runs; with flash attention on, near-tie greedy tokens can differ).
 
 Prints a table and writes ``benchmarks/results/llama_cpp_compat.json``; exits 1 if any check fails.
 """
@@ -41,13 +42,19 @@ QUESTIONS = ["Which gas do plants take in from the air to make food? Answer in o
 
 
 def llama_server_binary(jobs: int = 2) -> Path:
-    """The cached ``llama-server`` of the runtime's llama.cpp commit, built on first use (minutes)."""
+    """The cached ``llama-server`` of the runtime's llama.cpp commit, built on first use (minutes).
+
+    Built in llama-bench's build tree (same flags, ``LLAMA_BUILD_SERVER`` switched on), so ggml and libllama
+    are compiled once for both tools.
+    """
+    from llama_bench_compare import LLAMA_CPP_PYTHON
+
     root = tools_dir()
-    build = root / "build-server"
+    build = root / "build"
     binary = build / "bin" / "llama-server"
     if binary.is_file():
         return binary
-    source = _sdist_source(root, root.name.removeprefix("llama-bench-"))
+    source = _sdist_source(root, LLAMA_CPP_PYTHON)
     log(f"building llama-server in {build} (several minutes on 2 cores)")
     subprocess.run(["cmake", "-S", str(source / "vendor" / "llama.cpp"), "-B", str(build), *SERVER_FLAGS],
                    check=True, stdout=subprocess.DEVNULL)
@@ -77,7 +84,10 @@ class LlamaServer:
         self.log_path = RESULTS.parent / f"llama-server-{gguf.stem}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.args = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "-t",
-                     str(threads), "-c", str(ctx), "--jinja", "-np", "1", "--no-webui"]
+                     str(threads), "-c", str(ctx), "--jinja", "-np", "1", "--no-webui",
+                     # llama-cpp-python runs with flash attention off; the server's "auto" turns it on for
+                     # CPU, which reorders float sums and flips near-tie greedy tokens. Same settings, same text.
+                     "-fa", "off"]
 
     def __enter__(self) -> LlamaServer:
         self.proc = subprocess.Popen(self.args, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)

@@ -218,11 +218,15 @@ def test_changed_recipe_needs_from(tmp_path: Path, tiny_model_dir: Path, oracle:
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_train_under_accelerate_with_two_cpu_processes(tmp_path: Path, tiny_model_dir: Path, oracle: str) -> None:
-    """`accelerate launch` (2 processes, gloo on CPU): DDP trains, rank 0 alone writes, the merged model loads."""
+    """`accelerate launch` (2 processes, gloo on CPU): DDP trains, rank 0 alone writes, the merged model loads.
+
+    `--multi_gpu` selects accelerate's torchrun launcher; with no GPU, the trainer's `use_cpu` makes accelerate
+    pick MULTI_CPU on gloo (`--cpu` would select the single-process launcher and silently train alone).
+    """
     recipe = write_recipe(tmp_path, tiny_model_dir, oracle, generate={"n_examples": 16})
     run_dir = tmp_path / "run"
     assert _run_cli(["generate", str(recipe), "--run-dir", str(run_dir)]).returncode == 0
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
               str(_free_port()), "-m", "arte_edge.cli", "train", str(recipe), "--run-dir", str(run_dir)]
     res = subprocess.run(launch, capture_output=True, text=True, cwd=ROOT, timeout=500)

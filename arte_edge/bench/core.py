@@ -72,6 +72,7 @@ class OtherCpuMeter:
     """
 
     cores: float | None = None
+    children_s: float = 0.0  # CPU seconds of the children waited for inside the block
 
     def __enter__(self) -> OtherCpuMeter:
         self._start = (time.monotonic(), _machine_busy_s(), _children_cpu_s())
@@ -82,7 +83,8 @@ class OtherCpuMeter:
         wall, busy1 = time.monotonic() - t0, _machine_busy_s()
         if busy0 is None or busy1 is None or wall <= 0:
             return
-        others = (busy1 - busy0) - (_children_cpu_s() - kids0)
+        self.children_s = _children_cpu_s() - kids0
+        others = (busy1 - busy0) - self.children_s
         self.cores = round(max(0.0, others) / wall, 3)
 
 
