@@ -213,6 +213,26 @@ def compare(gguf: Path, binary: Path, args: argparse.Namespace, bandwidth_gbs: f
     }
 
 
+def paired(gguf: Path, binary: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``args.pairs`` back-to-back pairs of one llama-bench repetition and one of ours, order alternating.
+
+    On a VM whose speed drifts by ±15% within minutes, runs seconds apart share the drift; the median of the
+    per-pair ratios is the least noisy comparison this machine allows.
+    """
+    ratios: dict[str, list[float]] = {"pp_tok_s": [], "tg_tok_s": []}
+    for i in range(args.pairs):
+        order = ["llama_bench", "ours"] if i % 2 == 0 else ["ours", "llama_bench"]
+        got: dict[str, dict[str, Any]] = {}
+        for tool in order:
+            got[tool] = (run_llama_bench(binary, gguf, args.pp, args.tg, args.threads, 1) if tool == "llama_bench"
+                         else run_ours(gguf, args.pp, args.tg, args.threads, 1))
+        for k in ratios:
+            ratios[k].append(statistics.median(got["ours"][k]) / statistics.median(got["llama_bench"][k]))
+        log(f"{gguf.name}: pair {i + 1}/{args.pairs}: pp {ratios['pp_tok_s'][-1]:.3f} tg {ratios['tg_tok_s'][-1]:.3f}")
+    return {"gguf": str(gguf), "pairs": args.pairs, "ratios": ratios,
+            "median_ratio": {k: statistics.median(v) for k, v in ratios.items()}}
+
+
 def _checkpoint(out: Path, gguf: Path, runs: dict[str, list[dict[str, Any]]]) -> None:
     """Raw runs so far, so an interrupted comparison (a machine that got busy) keeps what it measured."""
     partial = out.with_name(out.stem + ".partial.json")
@@ -255,6 +275,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet-timeout", type=float, default=900, help="Longest wait for quiet, seconds.")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--build-only", action="store_true", help="Build llama-bench and exit.")
+    parser.add_argument("--pairs", type=int, default=0,
+                        help="Instead of rounds: N back-to-back pairs of single repetitions; prints median ratios.")
     return parser.parse_args(argv)
 
 
@@ -269,6 +291,17 @@ def main(argv: list[str] | None = None) -> None:
     profile = host_profile(refresh=True)
     log(f"host copy bandwidth {profile.memory.bandwidth_gbs} GB/s ({profile.memory.bandwidth_note})")
     started = time.time()
+    if args.pairs:
+        rows = [paired(g, binary, args) for g in ggufs]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k not in {"gguf", "out"}},
+                                        "duration_s": round(time.time() - started, 1), "results": rows}, indent=2))
+        print("| model | pairs | ours/llama-bench pp (median of pairs) | ours/llama-bench tg (median of pairs) |")
+        print("|---|---:|---:|---:|")
+        for r in rows:
+            m = r["median_ratio"]
+            print(f"| {Path(r['gguf']).name} | {r['pairs']} | {m['pp_tok_s']:.3f} | {m['tg_tok_s']:.3f} |")
+        return
     rows = [compare(g, binary, args, profile.memory.bandwidth_gbs) for g in ggufs]
     out = {"settings": {k: v for k, v in vars(args).items() if k not in {"gguf", "out"}},
            "host": profile.model_dump(mode="json"), "llama_cpp_python": LLAMA_CPP_PYTHON,

@@ -251,3 +251,44 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_kill_during_align_preference_collection_then_resume_equals_clean(tmp_path: Path, tiny_model_dir: Path,
+                                                                         slow_oracle: str) -> None:
+    """ARTE step 3 (student scores each rationale on D_pref) is killed mid-way; the resumed scores equal a
+    clean run's: same ids, same values, none lost or duplicated."""
+    from tests.bench.conftest import write_tiny_llama_gguf
+
+    student_gguf = write_tiny_llama_gguf(tmp_path / "student.gguf")
+    recipe = write_recipe(tmp_path, tiny_model_dir, slow_oracle)
+    data = yaml.safe_load(recipe.read_text())
+    data.update(method="arte", splits={"seeds": 3, "preference": 8, "train_pool": 0, "eval": 10},
+                arte={"alignment": "select", "preference_selection": "random", "preference_size": 8, "n_drafts": 6,
+                      "student_gguf": str(student_gguf), "student_max_tokens": 96, "score_batch": 2,
+                      "question_pairs": 2, "rationale_pairs": 4, "max_tokens": 64})
+    recipe.write_text(yaml.safe_dump(data))
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(CLI + ["align", str(recipe), "--run-dir", str(run_dir)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    scores = run_dir / "align" / "scores.jsonl"
+    _wait_for(lambda: scores.exists() and len(read_jsonl(scores)) >= 3, 300, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = len(read_jsonl(scores))
+    n_rationales = sum(r["ok"] for r in read_jsonl(run_dir / "align" / "rationales.jsonl"))
+    assert 3 <= partial < n_rationales, (partial, n_rationales)
+
+    resumed = _run_cli(["align", str(recipe), "--run-dir", str(run_dir)])
+    assert resumed.returncode == 0, resumed.stderr
+    clean = _run_cli(["align", str(recipe), "--run-dir", str(tmp_path / "clean")])
+    assert clean.returncode == 0, clean.stderr
+
+    def by_id(d: Path) -> dict[str, float]:
+        rows = read_jsonl(d / "align" / "scores.jsonl")
+        assert len(rows) == len({r["id"] for r in rows}), "duplicated scores"
+        return {r["id"]: r["score"] for r in rows}
+
+    assert by_id(run_dir) == by_id(tmp_path / "clean") and len(by_id(run_dir)) == n_rationales
+    assert read_jsonl(run_dir / "align" / "pairs.jsonl") == read_jsonl(tmp_path / "clean" / "align" / "pairs.jsonl")

@@ -1,7 +1,8 @@
 """A deterministic teacher behind a real OpenAI-compatible HTTP server on 127.0.0.1, for pipeline tests.
 
 It answers arithmetic questions of the test task correctly (with a short rationale) except for a fixed
-subset it gets wrong, so checker rejection paths run too. ``delay_s`` slows it so tests can kill a run
+subset it gets wrong, so checker rejection paths run too; asked to draft a new question, it writes one
+determined by the request's sampling seed. ``delay_s`` slows it so tests can kill a run
 mid-stage.
 """
 
@@ -28,6 +29,12 @@ def oracle_answer(text: str) -> str:
     return f"We compute {a} {op} {b} step by step.\nAnswer: {value + 1 if wrong else value}"
 
 
+def oracle_draft(seed: int) -> str:
+    """A new arithmetic question with its key, different for each sampling seed (ARTE/standard drafting)."""
+    a, b = 10 + seed % 37, 3 + (seed // 37) % 29
+    return f"Question: What is {a} + {b}?\nAnswer: {a + b}"
+
+
 def serve(delay_s: float = 0.0) -> tuple[ThreadingHTTPServer, str]:
     """Start the server on a free loopback port; returns it and its base URL (…/v1)."""
 
@@ -35,7 +42,9 @@ def serve(delay_s: float = 0.0) -> tuple[ThreadingHTTPServer, str]:
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             time.sleep(delay_s)
-            text = oracle_answer(body["messages"][-1]["content"])
+            prompt = body["messages"][-1]["content"]
+            text = (oracle_draft(int(body.get("seed") or 0)) if "Write ONE new question" in prompt
+                    else oracle_answer(prompt))
             payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text},
                                                "finish_reason": "stop"}],
                                   "usage": {"prompt_tokens": 20, "completion_tokens": 12}}).encode()
