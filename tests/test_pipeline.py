@@ -259,9 +259,10 @@ def test_kill_during_align_preference_collection_then_resume_equals_clean(tmp_pa
                                                                          slow_oracle: str) -> None:
     """ARTE step 3 (student scores each rationale on D_pref) is killed mid-way; the resumed scores equal a
     clean run's: same ids, same values, none lost or duplicated."""
-    from tests.bench.conftest import write_tiny_llama_gguf
+    from arte_edge.export.gguf import convert_to_gguf
 
-    student_gguf = write_tiny_llama_gguf(tmp_path / "student.gguf")
+    student_gguf = tmp_path / "student.f16.gguf"  # the tiny student with its ChatML template
+    convert_to_gguf(tiny_model_dir, student_gguf, "f16")
     recipe = write_recipe(tmp_path, tiny_model_dir, slow_oracle)
     data = yaml.safe_load(recipe.read_text())
     data.update(method="arte", splits={"seeds": 3, "preference": 8, "train_pool": 0, "eval": 10},

@@ -34,8 +34,9 @@ def test_other_cpu_meter_sees_a_neighbour_but_not_our_waited_children() -> None:
         neighbour.wait()
     assert busy.cores is not None and busy.cores > 0.5
 
+    burn = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\n"
     with OtherCpuMeter() as own:
-        subprocess.run([sys.executable, "-c", spin.replace("3", "1")], check=True)
+        subprocess.run([sys.executable, "-c", burn], check=True)
     # A waited child is the benchmark itself: its second of CPU is not counted as a neighbour's (the cores
     # figure itself depends on whatever else this machine runs, so it is not asserted here).
-    assert own.children_s > 0.8
+    assert own.children_s >= 0.6
