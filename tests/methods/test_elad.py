@@ -363,3 +363,11 @@ def test_recipe_validates() -> None:
     assert recipe.method == "elad" and recipe.task == "gsm8k"
     assert recipe.student.model == "qwen2.5-coder-0.5b-instruct"
     assert recipe.elad.budget <= recipe.elad.rounds * recipe.elad.batch_size * 2
+
+
+def test_cpu_recipe_validates_and_fits_its_budget() -> None:
+    recipe = load_recipe(ROOT / "configs" / "elad-arc-easy-cpu.yaml")
+    cfg = recipe.elad
+    assert recipe.method == "elad" and recipe.task == "arc_easy"
+    assert cfg.budget == cfg.rounds * cfg.batch_size and cfg.candidates_per_round >= cfg.batch_size
+    assert cfg.eval_size is not None and cfg.eval_size <= recipe.splits.eval
