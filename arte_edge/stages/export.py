@@ -48,11 +48,11 @@ def requested_formats(formats: list[str], preset: str | None) -> list[tuple[str,
 def export_gguf_artifacts(merged: Path, out_dir: Path, quants: list[str], name: str, verify: bool,
                           root: Path) -> list[Artifact]:
     """GGUF files for ``quants`` (f16 once, then each quant), each verified before it is recorded."""
-    from arte_edge.export.gguf import export_gguf
+    from arte_edge.export.gguf import GGUFArtifact, export_gguf
 
     artifacts: list[Artifact] = []
 
-    def record(res) -> None:  # each verified file is recorded at once: a crash later does not redo it
+    def record(res: GGUFArtifact) -> None:  # each verified file is recorded at once: a crash later does not redo it
         artifact = Artifact(name=f"gguf-{res.qtype.lower()}", format="gguf", quant=res.qtype.lower(),
                             path=str(Path(res.path).relative_to(root)), size_bytes=res.size_bytes,
                             verify=res.verification or {}, details={"quant": res.quant.to_dict(),
