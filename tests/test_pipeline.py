@@ -109,6 +109,14 @@ def _wait_for(predicate, timeout_s: float, proc: subprocess.Popen) -> None:
     raise AssertionError("condition not reached in time")
 
 
+def _kill_once(args: list[str], jsonl: Path, at_least: int, timeout_s: float) -> None:
+    """Start the CLI and ``kill -9`` it once ``jsonl`` holds ``at_least`` records."""
+    proc = subprocess.Popen(CLI + args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: jsonl.exists() and len(read_jsonl(jsonl)) >= at_least, timeout_s, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def _run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(CLI + args, capture_output=True, text=True, cwd=ROOT, timeout=600, **kw)
 
@@ -118,12 +126,8 @@ def test_kill_during_generate_then_resume_loses_nothing(tmp_path: Path, tiny_mod
                                                         slow_oracle: str) -> None:
     recipe = write_recipe(tmp_path, tiny_model_dir, slow_oracle, generate={"n_examples": 15, "batch_size": 2})
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(CLI + ["generate", str(recipe), "--run-dir", str(run_dir)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     examples = run_dir / "data" / "examples.jsonl"
-    _wait_for(lambda: examples.exists() and len(read_jsonl(examples)) >= 4, 120, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_once(["generate", str(recipe), "--run-dir", str(run_dir)], examples, 4, 120)
     partial = len(read_jsonl(examples))
     assert 4 <= partial < 15
 
@@ -271,12 +275,8 @@ def test_kill_during_align_preference_collection_then_resume_equals_clean(tmp_pa
                       "question_pairs": 2, "rationale_pairs": 4, "max_tokens": 64})
     recipe.write_text(yaml.safe_dump(data))
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(CLI + ["align", str(recipe), "--run-dir", str(run_dir)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     scores = run_dir / "align" / "scores.jsonl"
-    _wait_for(lambda: scores.exists() and len(read_jsonl(scores)) >= 3, 300, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_once(["align", str(recipe), "--run-dir", str(run_dir)], scores, 3, 300)
     partial = len(read_jsonl(scores))
     n_rationales = sum(r["ok"] for r in read_jsonl(run_dir / "align" / "rationales.jsonl"))
     assert 3 <= partial < n_rationales, (partial, n_rationales)
