@@ -48,7 +48,11 @@ class ChatModel(Protocol):
         ...
 
     def chat_batch(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
-        """Answer several conversations (batched or concurrent where the backend allows)."""
+        """Answer several conversations (batched or concurrent where the backend allows).
+
+        Sampled output is seeded by position: conversation i uses ``params.seed + i`` (llama.cpp, OpenAI) or
+        one generator seeded once per decoded chunk (transformers), so identical prompts get different samples.
+        """
         ...
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from arte_edge.backends.base import Completion, Message, SamplingParams
 
@@ -224,9 +224,13 @@ class OpenAIChat:
         return random.uniform(0, cap)  # full jitter
 
     def chat_batch(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
-        """Answer several conversations concurrently (at most ``parallel`` in flight); order preserved."""
+        """Answer several conversations concurrently (at most ``parallel`` in flight); order preserved.
+
+        Conversation i is sent with seed ``params.seed + i``, so identical prompts still get different samples.
+        """
         with ThreadPoolExecutor(max_workers=self.parallel) as pool:
-            return list(pool.map(lambda c: self.chat(c, params), conversations))
+            return list(pool.map(lambda ic: self.chat(ic[1], replace(params, seed=params.seed + ic[0])),
+                                 enumerate(conversations)))
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

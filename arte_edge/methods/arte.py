@@ -48,42 +48,74 @@ def regenerate(teacher: ChatModel, task: Task, seeds: Sequence[Item], ctx: Stage
     """Step 5 with one teacher: draft (T=question_temperature), answer with the plain prompt (T=0), check.
 
     Rows (kept or not) go to ``path`` durably; attempt i uses the same sampling seed for every teacher.
-    Stops at ``generate.n_examples`` kept or ``generate.max_attempts`` tried.
+    Attempts run in windows of ``TEACHER_WINDOW``: one batched call drafts the window, one answers its
+    parseable drafts. Stops at ``generate.n_examples`` kept or ``generate.max_attempts`` tried; rows past the
+    n-th kept example of the last window are not recorded, so the file holds what a one-at-a-time run writes.
     """
+    from arte_edge.stages.align import TEACHER_WINDOW
+
+    gen = ctx.recipe.generate
+    rows = {r["id"]: r for r in read_jsonl(path)}
+    out = JsonlAppender(path)
+    with progress(f"generate: {name} teacher", gen.n_examples) as advance:
+        advance(_n_kept(rows))
+        for start in range(0, gen.max_attempts, TEACHER_WINDOW):
+            if _n_kept(rows) >= gen.n_examples:
+                break
+            indices = [i for i in range(start, min(start + TEACHER_WINDOW, gen.max_attempts))
+                       if _regen_id(ctx, name, i) not in rows]
+            new = _regenerate_window(teacher, task, seeds, ctx, name, indices)
+            room = gen.n_examples - _n_kept(rows)
+            recorded = []
+            for row in new:
+                if room <= 0:
+                    break
+                recorded.append(row)
+                room -= row["example"] is not None
+            out.write_batch(recorded)
+            rows.update({r["id"]: r for r in recorded})
+            advance(sum(r["example"] is not None for r in recorded))
+    return sorted(rows.values(), key=lambda r: r["index"])
+
+
+def _n_kept(rows: dict[str, dict[str, Any]]) -> int:
+    return sum(r["example"] is not None for r in rows.values())
+
+
+def _regen_id(ctx: StageContext, name: str, index: int) -> str:
+    return stable_id("arte/regen", name, index, ctx.recipe.seed, ctx.recipe.arte.question_temperature,
+                     ctx.recipe.generate.max_tokens)
+
+
+def _regenerate_window(teacher: ChatModel, task: Task, seeds: Sequence[Item], ctx: StageContext, name: str,
+                       indices: Sequence[int]) -> list[dict[str, Any]]:
+    """Rows for attempts ``indices``: their drafts in one batched call, then their answers in another."""
+    from arte_edge.methods.common import chat_seeded
     from arte_edge.methods.standard import parse_draft
     from arte_edge.stages.align import cost_of, draft_prompt, rationale_prompt
 
     cfg, gen, seed = ctx.recipe.arte, ctx.recipe.generate, ctx.recipe.seed
-    rows = {r["id"]: r for r in read_jsonl(path)}
-    out = JsonlAppender(path)
-    prompt = draft_prompt(task, seeds)
-    with progress(f"generate: {name} teacher", gen.n_examples) as advance:
-        advance(sum(r["example"] is not None for r in rows.values()))
-        for i in range(gen.max_attempts):
-            if sum(r["example"] is not None for r in rows.values()) >= gen.n_examples:
-                break
-            rid = stable_id("arte/regen", name, i, seed, cfg.question_temperature, gen.max_tokens)
-            if rid in rows:
-                continue
-            draft = teacher.chat(prompt, SamplingParams(max_tokens=cfg.max_tokens,
-                                                        temperature=cfg.question_temperature,
-                                                        seed=seed * 100_003 + 50_000 + i))
-            calls = [draft]
-            item = parse_draft(task, draft.text, rid) if draft.ok else None
-            example, reason = None, "unparseable draft"
-            if item is not None:
-                answer = teacher.chat(rationale_prompt(task, item.question, cfg),
-                                      SamplingParams(max_tokens=gen.max_tokens, temperature=0.0, seed=seed))
-                calls.append(answer)
-                meta = {"method": "arte", "dataset": name, "teacher": ctx.recipe.teacher.model, **cost_of(*calls),
-                        "drafted_key": item.answer}
-                example = example_from(task, item.question, item.answer, answer.text, rid, meta) if answer.ok else None
-                reason = "" if example else "rationale disagrees with the drafted key"
-            row = {"id": rid, "index": i, "example": example, "reason": reason, **cost_of(*calls)}
-            out.write_batch([row])
-            rows[rid] = row
-            advance(int(example is not None))
-    return sorted(rows.values(), key=lambda r: r["index"])
+    drafts = chat_seeded(teacher, [draft_prompt(task, seeds)] * len(indices),
+                         SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.question_temperature),
+                         [seed * 100_003 + 50_000 + i for i in indices])
+    items = {i: parse_draft(task, d.text, _regen_id(ctx, name, i)) if d.ok else None
+             for i, d in zip(indices, drafts, strict=True)}
+    asked = [i for i in indices if items[i] is not None]
+    answers = dict(zip(asked, teacher.chat_batch([rationale_prompt(task, items[i].question, cfg) for i in asked],
+                                                 SamplingParams(max_tokens=gen.max_tokens, temperature=0.0,
+                                                                seed=seed)), strict=True))
+    rows = []
+    for i, draft in zip(indices, drafts, strict=True):
+        rid, item, answer = _regen_id(ctx, name, i), items[i], answers.get(i)
+        calls = [draft] + ([answer] if answer is not None else [])
+        example, reason = None, "unparseable draft"
+        if item is not None and answer is not None:
+            meta = {"method": "arte", "dataset": name, "teacher": ctx.recipe.teacher.model, **cost_of(*calls),
+                    "drafted_key": item.answer}
+            example = example_from(task, item.question, item.answer, answer.text, rid, meta) if answer.ok else None
+            reason = "" if example else "rationale disagrees with the drafted key"
+        rows.append({"id": rid, "index": i, "example": example, "reason": reason, **cost_of(*calls)})
+    return rows
 
 
 def select_dataset(ctx: StageContext, name: str, teacher: ChatModel, path: Path) -> list[dict[str, Any]]:

@@ -5,17 +5,35 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from arte_edge.backends.base import Completion, Message
+from arte_edge.backends.base import ChatModel, Completion, Message, SamplingParams
 from arte_edge.rundir import JsonlAppender, read_jsonl
 from arte_edge.tasks.base import Check, Item, Task
 
 _ANSWER_LINE = re.compile(r"^\s*(\*\*)?\s*(final\s+)?answer\s*(\*\*)?\s*[:：].*$", re.IGNORECASE | re.MULTILINE)
 _CODE_BLOCK = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
+
+
+def chat_seeded(model: ChatModel, conversations: Sequence[Sequence[Message]], params: SamplingParams,
+                seeds: Sequence[int]) -> list[Completion]:
+    """Conversation i sampled with ``seeds[i]``, through as few ``chat_batch`` calls as the seeds allow.
+
+    ``chat_batch`` seeds by position (``params.seed + i``), so each run of consecutive seeds is one batched
+    call; a batched backend decodes the whole run together.
+    """
+    out: list[Completion] = []
+    start = 0
+    while start < len(conversations):
+        end = start + 1
+        while end < len(conversations) and seeds[end] == seeds[start] + (end - start):
+            end += 1
+        out += model.chat_batch(conversations[start:end], replace(params, seed=seeds[start]))
+        start = end
+    return out
 
 
 def answer_messages(task: Task, item: Item, demos: Iterable[tuple[str, str]] = ()) -> list[Message]:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from arte_edge.methods.arte_scorer import DemoScorer
 
 ANSWER_FORMAT = " Always finish with a final line 'Answer: <answer>' in the task's answer format."
+TEACHER_WINDOW = 8  # teacher conversations per batched call (drafts, rationales, regeneration)
 DPO_SETS = {"full": ("question", "rationale"), "question-only": ("question",), "rationale-only": ("rationale",)}
 
 
@@ -221,29 +222,37 @@ def elicit_drafts(teacher: ChatModel, task: Task, seeds: Sequence[Item], cfg: Ar
                   path: Path, tag: str) -> list[dict[str, Any]]:
     """Draft ``cfg.n_drafts`` usable questions (with answer keys); unparseable drafts are kept as rejects.
 
-    Draft i samples with seed ``seed·100003 + i``; attempts stop at 3·m so a weak teacher cannot loop forever.
+    Draft i samples with seed ``seed·100003 + i``; drafts are asked for in windows of ``TEACHER_WINDOW`` (one
+    batched teacher call each) and attempts stop at 3·m so a weak teacher cannot loop forever.
     """
+    from arte_edge.methods.common import chat_seeded
     from arte_edge.methods.standard import parse_draft
 
     done, out = _durable_map(path)
     messages = draft_prompt(task, seeds)
+    params = SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.question_temperature)
     with progress("align: drafting questions", cfg.n_drafts) as advance:
+        advance(sum(r["ok"] for r in done.values()))
         index = 0
         while sum(r["ok"] for r in done.values()) < cfg.n_drafts and index < 3 * cfg.n_drafts:
-            rid = stable_id("arte/draft", tag, index, seed, cfg.question_temperature)
-            if rid not in done:
-                params = SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.question_temperature,
-                                        seed=seed * 100_003 + index)
-                c = teacher.chat(messages, params)
+            window = range(index, min(index + TEACHER_WINDOW, 3 * cfg.n_drafts))
+            todo = [i for i in window if stable_id("arte/draft", tag, i, seed, cfg.question_temperature) not in done]
+            completions = chat_seeded(teacher, [messages] * len(todo), params, [seed * 100_003 + i for i in todo])
+            rows, n_ok = [], sum(r["ok"] for r in done.values())
+            for i, c in zip(todo, completions, strict=True):
+                if n_ok >= cfg.n_drafts:  # as a one-at-a-time run would: nothing past the m-th usable draft
+                    break
+                rid = stable_id("arte/draft", tag, i, seed, cfg.question_temperature)
                 item = parse_draft(task, c.text, f"{task.name}/arte-{rid}") if c.ok else None
-                row = {"id": rid, "index": index, "ok": item is not None, "text": c.text,
-                       "question": item.question if item else None, "key": item.answer if item else None,
-                       "reason": "" if item else (f"teacher error: {c.error}" if not c.ok else "unparseable draft"),
-                       **cost_of(c)}
-                out.write_batch([row])
-                done[rid] = row
-                advance(int(row["ok"]))
-            index += 1
+                rows.append({"id": rid, "index": i, "ok": item is not None, "text": c.text,
+                             "question": item.question if item else None, "key": item.answer if item else None,
+                             "reason": "" if item else (f"teacher error: {c.error}" if not c.ok
+                                                        else "unparseable draft"), **cost_of(c)})
+                n_ok += item is not None
+            out.write_batch(rows)
+            done.update({r["id"]: r for r in rows})
+            advance(sum(r["ok"] for r in rows))
+            index = window.stop
     drafts = sorted(done.values(), key=lambda r: r["index"])
     return [d for d in drafts if d["ok"]][: cfg.n_drafts] + [d for d in drafts if not d["ok"]]
 
@@ -255,7 +264,8 @@ def elicit_rationales(teacher: ChatModel, task: Task, drafts: Sequence[dict[str,
     jobs = [(d, s, style) for d in drafts if d["ok"] for s, style in enumerate(cfg.styles)]
     with progress("align: eliciting rationales", len(jobs)) as advance:
         advance(sum(_rationale_id(d, s, cfg, seed) in done for d, s, _ in jobs))
-        for batch in _chunks([j for j in jobs if _rationale_id(j[0], j[1], cfg, seed) not in done], 8):
+        for batch in _chunks([j for j in jobs if _rationale_id(j[0], j[1], cfg, seed) not in done],
+                             TEACHER_WINDOW):
             params = SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.elicit_temperature, seed=seed)
             completions = teacher.chat_batch([styled_prompt(task, d["question"], style) for d, _, style in batch],
                                              params)

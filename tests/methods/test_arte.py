@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,7 @@ class FakeStudent:
         return Completion(f"Thinking.\nAnswer: {value}", 10, 5)
 
     def chat_batch(self, conversations, params):
-        return [self.chat(c, params) for c in conversations]
+        return [self.chat(c, replace(params, seed=params.seed + i)) for i, c in enumerate(conversations)]
 
     def close(self) -> None:
         pass
@@ -75,7 +76,7 @@ class FakeTeacher:
         return Completion(f"In style{style} (level{level}) we add the numbers.\nAnswer: {value}", 40, 10)
 
     def chat_batch(self, conversations, params):
-        return [self.chat(c, params) for c in conversations]
+        return [self.chat(c, replace(params, seed=params.seed + i)) for i, c in enumerate(conversations)]
 
     def close(self) -> None:
         pass
@@ -194,13 +195,13 @@ def test_dpo_changes_the_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- steps 1–5, select mode
-def _recipe(**arte) -> Recipe:
+def _recipe(n_examples: int = 6, **arte) -> Recipe:
     return Recipe.model_validate({
         "name": "arte-tiny", "task": str(ARITH), "method": "arte", "seed": 0,
         "teacher": {"model": "fake", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
         "student": {"model": "fake-student"},
         "splits": {"seeds": 3, "preference": 16, "train_pool": 0, "eval": 10},
-        "generate": {"n_examples": 6, "max_attempts": 30, "max_tokens": 64},
+        "generate": {"n_examples": n_examples, "max_attempts": 30, "max_tokens": 64},
         "arte": {"n_drafts": 12, "preference_size": 8, "irt_shots": [0, 1, 2, 3], "question_pairs": 5,
                  "rationale_pairs": 20, **arte},
     })
@@ -317,3 +318,54 @@ def test_arte_config_defaults_are_the_papers() -> None:
         (1e-7, 16, 1.0, 0.1, 0.25)
     with pytest.raises(ValueError):
         ArteConfig(unknown=1)
+
+
+# ------------------------------------------------------------------------------- batched teacher calls
+class _RecordingTeacher(FakeTeacher):
+    """A FakeTeacher that records the size and first seed of every batched call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def chat_batch(self, conversations, params):
+        self.calls.append((len(conversations), params.seed))
+        return super().chat_batch(conversations, params)
+
+
+def test_chat_seeded_batches_consecutive_seeds() -> None:
+    from arte_edge.methods.common import chat_seeded
+
+    teacher = _RecordingTeacher()
+    prompt = A.draft_prompt(_arith_task(), [])
+    out = chat_seeded(teacher, [prompt] * 5, SamplingParams(temperature=1.0), [10, 11, 12, 20, 21])
+    assert teacher.calls == [(3, 10), (2, 20)]
+    assert [o.text for o in out] == [FakeTeacher().chat(prompt, SamplingParams(seed=s)).text
+                                     for s in (10, 11, 12, 20, 21)]
+
+
+def _arith_task():
+    from arte_edge.tasks import get_task
+
+    return get_task(str(ARITH))
+
+
+def test_regenerate_batches_attempts_and_stops_where_a_sequential_run_stops(tmp_path: Path) -> None:
+    from arte_edge.methods import arte
+
+    ctx = StageContext(_recipe(n_examples=12), RunDir(tmp_path / "run"))
+    ctx.ensure_splits()
+    path = tmp_path / "regen.jsonl"
+    teacher = _RecordingTeacher()
+    rows = arte.regenerate(teacher, ctx.task, ctx.split("seeds"), ctx, "unaligned", path)
+
+    kept = [r for r in rows if r["example"] is not None]
+    assert len(kept) == 12 and rows[-1]["example"] is not None  # nothing recorded past the 12th kept example
+    assert [r["index"] for r in rows] == list(range(len(rows)))
+    assert any(r["reason"] == "unparseable draft" for r in rows)  # FakeTeacher's every-7th garbage draft
+    draft_calls = [c for c in teacher.calls if c[1] != 0]
+    assert draft_calls[0] == (8, 50_000) and draft_calls[1] == (8, 50_008)  # windows of 8, seeds by attempt
+    # resume: dropping the tail re-creates exactly the same rows
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:3]))
+    again = arte.regenerate(_RecordingTeacher(), ctx.task, ctx.split("seeds"), ctx, "unaligned", path)
+    assert again == rows

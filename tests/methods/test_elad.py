@@ -6,6 +6,7 @@ import hashlib
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ class FakeModel:
         return Completion(self.reply(messages, params), 10, 5)
 
     def chat_batch(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
-        return [self.chat(c, params) for c in conversations]
+        return [self.chat(c, replace(params, seed=params.seed + i)) for i, c in enumerate(conversations)]
 
     def close(self) -> None:
         pass

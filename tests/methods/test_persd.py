@@ -8,6 +8,7 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ class FakeChat:
                           completion_tokens=len(text) // 4)
 
     def chat_batch(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
-        return [self.chat(c, params) for c in conversations]
+        return [self.chat(c, replace(params, seed=params.seed + i)) for i, c in enumerate(conversations)]
 
     def close(self) -> None:
         pass
