@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_STYLES: tuple[str, ...] = (
     "You are a patient teacher. Explain the solution step by step, naming each fact you use.",
@@ -55,6 +55,10 @@ class ArteConfig(BaseModel):
         "(student_gguf, default the student's own GGUF), fp32 = the trainable HF student.")
     student_gguf: str | None = Field(None, description="GGUF that answers D_pref when preference_student is gguf "
                                      "(default: arte_edge.models.gguf_path(student.model)).")
+    student_quant: str | None = Field(None, description="Re-quantize the student to this GGUF type (e.g. q8_0, "
+                                      "the type the recipe ships) before it answers D_pref: exported from the "
+                                      "student's HF folder, verified, kept in align/student/. None: the "
+                                      "student's own GGUF as it is. Ignored when student_gguf is set.")
     student_max_tokens: int = Field(160, ge=8, description="Max new tokens per student answer (stops at the "
                                     "answer line).")
     score_batch: int = Field(8, ge=1, description="D_pref questions decoded in parallel per demonstration "
@@ -95,3 +99,12 @@ class ArteConfig(BaseModel):
     variants: list[Literal["full", "question-only", "rationale-only", "unaligned"]] = Field(
         ["unaligned", "question-only", "rationale-only"], description="Comparison datasets written to "
         "data/variants/<name>/ (each with its own aligned teacher); all are cut to the same size as the main one.")
+
+    @field_validator("teacher_quant", "student_quant")
+    @classmethod
+    def _known_gguf_type(cls, value: str | None) -> str | None:
+        from arte_edge.export.gguf import QUANT_TYPES
+
+        if value is not None and value.strip().upper().replace("-", "_") not in QUANT_TYPES:
+            raise ValueError(f"unknown GGUF type {value!r}; choose one of {', '.join(QUANT_TYPES).lower()}")
+        return value

@@ -492,8 +492,26 @@ def student_scorer(ctx: StageContext) -> tuple[DemoScorer, dict[str, Any]]:
         folder = models.hf_folder(spec.model)
         return (ChatModelScorer(HFChat(folder, threads=spec.threads, name="student-fp32"), params),
                 {"kind": "fp32", "path": str(folder)})
-    path = Path(cfg.student_gguf) if cfg.student_gguf else models.gguf_path(spec.model)
+    if cfg.student_gguf:
+        path = Path(cfg.student_gguf)
+    elif cfg.student_quant:
+        path = student_in_quant(ctx, cfg.student_quant)
+    else:
+        path = models.gguf_path(spec.model)
     return gguf_scorer(path, ctx, params), {"kind": "gguf", "path": str(path), "sha256": models.sha256_of(path)}
+
+
+def student_in_quant(ctx: StageContext, qtype: str) -> Path:
+    """The student exported from its HF folder to GGUF ``qtype`` (verified), cached in ``align/student/``."""
+    from arte_edge import models
+    from arte_edge.export.gguf import artifact_name, export_gguf, normalize_qtype
+
+    work = ctx.run.path("align", "student", ".keep").parent
+    final = work / artifact_name("student", normalize_qtype(qtype))
+    if not final.exists():
+        export_gguf(models.hf_folder(ctx.recipe.student.model), work, [qtype], "student", progress=log,
+                    verify=ctx.recipe.arte.verify_export, threads=ctx.recipe.student.threads)
+    return final
 
 
 def gguf_scorer(path: Path, ctx: StageContext, params: SamplingParams) -> DemoScorer:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from arte_edge.backends.base import Completion, Message, SamplingParams
-from arte_edge.config import Recipe, load_recipe
+from arte_edge.config import ModelSpec, Recipe, load_recipe
 from arte_edge.errors import ArteError
 from arte_edge.methods.arte_config import ArteConfig
 from arte_edge.methods.arte_scorer import ChatModelScorer, common_prefix_len
@@ -295,6 +295,23 @@ def test_prefix_reuse_scorer_matches_naive_loop(tiny_gguf: Path) -> None:
     finally:
         naive.close()
     assert ours == reference
+
+
+def test_student_answers_dpref_in_the_requested_quant(tiny_model_dir: Path, tmp_path: Path) -> None:
+    recipe = _recipe(student_quant="q8_0", verify_export=False).model_copy(
+        update={"student": ModelSpec(model=str(tiny_model_dir), threads=1)})
+    ctx = StageContext(recipe, RunDir(tmp_path / "run"))
+    scorer, info = A.student_scorer(ctx)
+    try:
+        assert info["kind"] == "gguf"
+        assert info["path"] == str(tmp_path / "run" / "align" / "student" / "student.q8_0.gguf")
+        assert len(scorer.answer([{"role": "system", "content": "Add."}], ["What is 1 + 2?"])) == 1
+    finally:
+        scorer.close()
+    from gguf import GGUFReader
+
+    types = {t.tensor_type.name for t in GGUFReader(info["path"]).tensors}
+    assert "Q8_0" in types
 
 
 def test_common_prefix_len() -> None:
