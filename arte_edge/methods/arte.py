@@ -103,7 +103,7 @@ def _regenerate_window(teacher: ChatModel, task: Task, seeds: Sequence[Item], ct
     asked = [i for i in indices if items[i] is not None]
     answers = dict(zip(asked, teacher.chat_batch([rationale_prompt(task, items[i].question, cfg) for i in asked],
                                                  SamplingParams(max_tokens=gen.max_tokens, temperature=0.0,
-                                                                seed=seed)), strict=True))
+                                                                seed=seed)) if asked else [], strict=True))
     rows = []
     for i, draft in zip(indices, drafts, strict=True):
         rid, item, answer = _regen_id(ctx, name, i), items[i], answers.get(i)

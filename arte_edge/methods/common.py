@@ -139,17 +139,20 @@ class DurableCollector:
     def n_attempted(self) -> int:
         return len(self.done_ids)
 
-    def run(self, candidates: Iterable[tuple[str, Callable[[], Outcome]]], *, target: int, max_attempts: int,
-            batch_size: int, on_progress: Callable[[int, int], None] | None = None, parallel: int = 1) -> None:
-        """Produce candidates (id, thunk) in order until ``target`` accepted or ``max_attempts`` tried.
+    def run(self, candidates: Iterable[tuple[str, Any]], *, target: int, max_attempts: int,
+            batch_size: int, on_progress: Callable[[int, int], None] | None = None, parallel: int = 1,
+            run_window: Callable[[list[tuple[str, Any]]], list[Outcome]] | None = None) -> None:
+        """Produce candidates in order until ``target`` accepted or ``max_attempts`` tried.
 
-        With ``parallel`` > 1, windows of up to ``parallel`` thunks run on threads (the backend must be
-        thread-safe); outcomes are still recorded in candidate order and the stop rule is applied per
-        outcome, so the files hold exactly what a sequential run writes (extra answers of the last window
+        Candidates are ``(id, thunk)``; with ``parallel`` > 1, windows of up to ``parallel`` thunks run on
+        threads (the backend must be thread-safe). With ``run_window``, candidates are ``(id, payload)`` and
+        each window of up to ``parallel`` is produced by one ``run_window(window)`` call (batched teacher
+        calls, no threads). Either way outcomes are recorded in candidate order and the stop rule is applied
+        per outcome, so the files hold exactly what a sequential run writes (extra answers of the last window
         are dropped, not recorded).
         """
         batch: list[Outcome] = []
-        for outcome in self._produce(candidates, target, max_attempts, batch, parallel):
+        for outcome in self._produce(candidates, target, max_attempts, batch, parallel, run_window):
             batch.append(outcome)
             if len(batch) >= batch_size:
                 self._flush(batch)
@@ -164,8 +167,9 @@ class DurableCollector:
         attempted = self.n_attempted + len(batch)
         return 0 if accepted >= target else max(0, max_attempts - attempted)
 
-    def _produce(self, candidates: Iterable[tuple[str, Callable[[], Outcome]]], target: int, max_attempts: int,
-                 batch: list[Outcome], parallel: int = 1) -> Iterator[Outcome]:
+    def _produce(self, candidates: Iterable[tuple[str, Any]], target: int, max_attempts: int,
+                 batch: list[Outcome], parallel: int = 1,
+                 run_window: Callable[[list[tuple[str, Any]]], list[Outcome]] | None = None) -> Iterator[Outcome]:
         from concurrent.futures import ThreadPoolExecutor
 
         pending = ((rid, make) for rid, make in candidates if rid not in self.done_ids)
@@ -174,8 +178,10 @@ class DurableCollector:
                 window = list(itertools.islice(pending, min(max(1, parallel), room)))
                 if not window:
                     return
-                if len(window) == 1:
-                    outcomes: Iterable[Outcome] = [window[0][1]()]
+                if run_window is not None:
+                    outcomes: Iterable[Outcome] = run_window(window)
+                elif len(window) == 1:
+                    outcomes = [window[0][1]()]
                 else:
                     outcomes = pool.map(lambda candidate: candidate[1](), window)
                 for outcome in outcomes:

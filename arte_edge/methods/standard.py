@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from arte_edge.backends.base import ChatModel, Message, SamplingParams
+from arte_edge.backends.base import ChatModel, Completion, Message, SamplingParams
 from arte_edge.methods.common import (
     DurableCollector,
     Outcome,
+    chat_seeded,
     completion_cost,
     rationale_of,
     teacher_messages,
@@ -45,29 +46,46 @@ ANSWER_FOLLOWUP = "Now write only your final answer line, exactly in the form 'A
 
 def answer_with_teacher(teacher: ChatModel, task: Task, item: Item, settings: GenerationSettings,
                         record_id: str, extra_meta: dict[str, Any] | None = None) -> Outcome:
-    """Ask the teacher to answer ``item``; accept the completion only if the checker passes it.
+    """Ask the teacher to answer ``item``; accept the completion only if the checker passes it."""
+    return answer_window(teacher, task, [(record_id, item, extra_meta or {})], settings)[0]
+
+
+def answer_window(teacher: ChatModel, task: Task, jobs: Sequence[tuple[str, Item, dict[str, Any]]],
+                  settings: GenerationSettings) -> list[Outcome]:
+    """Answer every ``(record_id, item, extra_meta)`` job with batched teacher calls; one Outcome each.
 
     A completion that ended on its own but gave no parseable answer gets one follow-up turn asking for the
     answer line alone (two-stage answer extraction, as in zero-shot CoT): small teachers often reason
     correctly and then forget the format. Truncated completions are not rescued (their rationale is cut).
+    Greedy answers go through one ``chat_batch``; sampled ones keep ``settings.seed`` each, as one call would.
     """
-    params = SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature,
-                            seed=settings.seed)
-    messages = teacher_messages(task, item)
-    completion = teacher.chat(messages, params)
-    calls = [completion]
+    params = SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature, seed=settings.seed)
+    if not jobs:
+        return []
+    messages = [teacher_messages(task, item) for _, item, _ in jobs]
+    if settings.temperature == 0:
+        completions = teacher.chat_batch(messages, params)
+    else:
+        completions = chat_seeded(teacher, messages, params, [settings.seed] * len(messages))
+    rescue = [i for i, c in enumerate(completions) if settings.answer_followup and c.ok and task.kind != "code"
+              and c.finish_reason == "stop" and task.extract_answer(c.text) is None]
+    followups = dict(zip(rescue, teacher.chat_batch(
+        [[*messages[i], {"role": "assistant", "content": completions[i].text},
+          {"role": "user", "content": ANSWER_FOLLOWUP}] for i in rescue],
+        SamplingParams(max_tokens=24, temperature=0.0, seed=settings.seed)) if rescue else [], strict=True))
+    return [_judge(task, job, settings, completions[i], followups.get(i)) for i, job in enumerate(jobs)]
+
+
+def _judge(task: Task, job: tuple[str, Item, dict[str, Any]], settings: GenerationSettings, completion: Completion,
+           followup: Completion | None) -> Outcome:
+    """The checked Outcome of one teacher answer (plus its follow-up turn, when there was one)."""
+    record_id, item, extra_meta = job
+    calls = [completion] + ([followup] if followup is not None else [])
     text = completion.text
-    if (settings.answer_followup and completion.ok and task.kind != "code" and completion.finish_reason == "stop"
-            and task.extract_answer(text) is None):
-        followup = teacher.chat([*messages, {"role": "assistant", "content": text},
-                                 {"role": "user", "content": ANSWER_FOLLOWUP}],
-                                SamplingParams(max_tokens=24, temperature=0.0, seed=settings.seed))
-        calls.append(followup)
-        if followup.ok and task.extract_answer(followup.text) is not None:
-            text = f"{text.rstrip()}\n{followup.text.strip()}"
-    meta = {"method": "standard", "teacher": settings.teacher_name, **completion_cost(*calls),
-            **(extra_meta or {})}
-    if len(calls) > 1:
+    if followup is not None and followup.ok and task.extract_answer(followup.text) is not None:
+        text = f"{text.rstrip()}\n{followup.text.strip()}"
+    meta = {"method": "standard", "teacher": settings.teacher_name, **completion_cost(*calls), **extra_meta}
+    if followup is not None:
         meta["answer_followup"] = True
     if not completion.ok:
         return Outcome(record_id, None, _rejection(record_id, item, meta, f"teacher error: {completion.error}", ""))
@@ -83,13 +101,12 @@ def _rejection(record_id: str, item: Item, meta: dict[str, Any], reason: str, te
             "meta": {"item_id": item.id, **meta}}
 
 
-def pool_candidates(teacher: ChatModel, task: Task, pool: Sequence[Item],
-                    settings: GenerationSettings) -> Iterator[tuple[str, Callable[[], Outcome]]]:
-    """One candidate per train-pool item, in the recorded split order."""
+def pool_candidates(task: Task, pool: Sequence[Item], settings: GenerationSettings) -> Iterator[tuple[str, Item]]:
+    """One candidate ``(record_id, item)`` per train-pool item, in the recorded split order."""
     for item in pool:
         record_id = stable_id("standard/pool", item.id, settings.teacher_name, settings.seed,
                               settings.temperature, settings.max_tokens, settings.answer_followup)
-        yield record_id, (lambda item=item, rid=record_id: answer_with_teacher(teacher, task, item, settings, rid))
+        yield record_id, item
 
 
 def draft_messages(task: Task, seeds: Sequence[Item], rng: random.Random) -> list[Message]:
@@ -113,49 +130,74 @@ def parse_draft(task: Task, text: str, item_id: str) -> Item | None:
     return Item(id=item_id, question=question, answer=key, source_split="synthetic")
 
 
-def synthesize_candidates(teacher: ChatModel, task: Task, seeds: Sequence[Item],
-                          settings: GenerationSettings) -> Iterator[tuple[str, Callable[[], Outcome]]]:
-    """Endless stream of draft-then-answer candidates, each reproducible from its index."""
+def synthesize_candidates(settings: GenerationSettings) -> Iterator[tuple[str, int]]:
+    """Endless stream of ``(record_id, index)`` draft-then-answer candidates, each reproducible from its index."""
     index = 0
     while True:
-        record_id = stable_id("standard/synthesize", index, settings.teacher_name, settings.seed,
-                              settings.question_temperature, settings.temperature)
-        yield record_id, (lambda i=index, rid=record_id: _draft_and_answer(teacher, task, seeds, settings, i, rid))
+        yield stable_id("standard/synthesize", index, settings.teacher_name, settings.seed,
+                        settings.question_temperature, settings.temperature), index
         index += 1
 
 
-def _draft_and_answer(teacher: ChatModel, task: Task, seeds: Sequence[Item], settings: GenerationSettings,
-                      index: int, record_id: str) -> Outcome:
-    rng = random.Random(f"{settings.seed}/{index}")
-    params = SamplingParams(max_tokens=settings.max_tokens, temperature=settings.question_temperature,
-                            seed=settings.seed * 100_003 + index)
-    draft = teacher.chat(draft_messages(task, seeds, rng), params)
-    item = parse_draft(task, draft.text, f"{task.name}/synthetic-{record_id}") if draft.ok else None
-    if item is None:
-        meta = {"method": "standard", "teacher": settings.teacher_name, **completion_cost(draft)}
-        reason = f"teacher error: {draft.error}" if not draft.ok else "unparseable draft (no question or answer key)"
-        placeholder = Item(id=f"{task.name}/synthetic-{record_id}", question="", answer="")
-        return Outcome(record_id, None, _rejection(record_id, placeholder, meta, reason, draft.text))
-    outcome = answer_with_teacher(teacher, task, item, settings, record_id,
-                                  {"source": "synthesize", "drafted_key": item.answer})
-    for record in (outcome.example, outcome.rejected):
-        if record is not None:  # the draft call counts toward the teacher budget too
-            record["meta"]["teacher_calls"] += 1
-            record["meta"]["prompt_tokens"] += draft.prompt_tokens
-            record["meta"]["completion_tokens"] += draft.completion_tokens
-            record["meta"]["question"] = item.question
-    return outcome
+def draft_and_answer_window(teacher: ChatModel, task: Task, seeds: Sequence[Item], settings: GenerationSettings,
+                            window: Sequence[tuple[str, int]]) -> list[Outcome]:
+    """Draft a question for every ``(record_id, index)`` (one batched call; draft i samples with seed
+    ``seed·100003 + i``), then answer the usable drafts together; unusable drafts are rejected as such."""
+    params = SamplingParams(max_tokens=settings.max_tokens, temperature=settings.question_temperature)
+    prompts = [draft_messages(task, seeds, random.Random(f"{settings.seed}/{index}")) for _, index in window]
+    drafts = chat_seeded(teacher, prompts, params, [settings.seed * 100_003 + index for _, index in window])
+    items = [parse_draft(task, d.text, f"{task.name}/synthetic-{rid}") if d.ok else None
+             for (rid, _), d in zip(window, drafts, strict=True)]
+    jobs = [(rid, item, {"source": "synthesize", "drafted_key": item.answer})
+            for (rid, _), item in zip(window, items, strict=True) if item is not None]
+    answered = iter(answer_window(teacher, task, jobs, settings))
+    outcomes = []
+    for (rid, _), draft, item in zip(window, drafts, items, strict=True):
+        if item is None:
+            outcomes.append(_unusable_draft(task, settings, rid, draft))
+            continue
+        outcome = next(answered)
+        for record in (outcome.example, outcome.rejected):
+            if record is not None:  # the draft call counts toward the teacher budget too
+                record["meta"]["teacher_calls"] += 1
+                record["meta"]["prompt_tokens"] += draft.prompt_tokens
+                record["meta"]["completion_tokens"] += draft.completion_tokens
+                record["meta"]["question"] = item.question
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _unusable_draft(task: Task, settings: GenerationSettings, record_id: str, draft: Completion) -> Outcome:
+    meta = {"method": "standard", "teacher": settings.teacher_name, **completion_cost(draft)}
+    reason = f"teacher error: {draft.error}" if not draft.ok else "unparseable draft (no question or answer key)"
+    placeholder = Item(id=f"{task.name}/synthetic-{record_id}", question="", answer="")
+    return Outcome(record_id, None, _rejection(record_id, placeholder, meta, reason, draft.text))
+
+
+def teacher_window(teacher: ChatModel) -> int:
+    """Candidates produced per batched teacher call: the backend's concurrency or decode batch size."""
+    return max(1, int(getattr(teacher, "parallel", 0) or getattr(teacher, "batch_size", 1) or 1))
 
 
 def generate(teacher: ChatModel, task: Task, *, pool: Sequence[Item], seeds: Sequence[Item], mode: str,
              collector: DurableCollector, settings: GenerationSettings, target: int, max_attempts: int,
              batch_size: int, on_progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
-    """Fill ``collector`` with checked teacher examples; returns counts and teacher cost."""
+    """Fill ``collector`` with checked teacher examples; returns counts and teacher cost.
+
+    Candidates are produced in windows (:func:`teacher_window`), each window through batched teacher calls
+    (llama.cpp batched decoding, concurrent requests for an OpenAI-compatible server).
+    """
+    candidates: Iterator[tuple[str, Any]]
     if mode == "pool":
-        candidates = pool_candidates(teacher, task, pool, settings)
+        candidates = pool_candidates(task, pool, settings)
+
+        def run_window(window: list[tuple[str, Any]]) -> list[Outcome]:
+            return answer_window(teacher, task, [(rid, item, {}) for rid, item in window], settings)
     else:
-        candidates = synthesize_candidates(teacher, task, seeds, settings)
-    # Concurrent only where the backend declares it (OpenAIChat.parallel); in-process models are not thread-safe.
+        candidates = synthesize_candidates(settings)
+
+        def run_window(window: list[tuple[str, Any]]) -> list[Outcome]:
+            return draft_and_answer_window(teacher, task, seeds, settings, window)
     collector.run(candidates, target=target, max_attempts=max_attempts, batch_size=batch_size,
-                  on_progress=on_progress, parallel=int(getattr(teacher, "parallel", 1) or 1))
+                  on_progress=on_progress, parallel=teacher_window(teacher), run_window=run_window)
     return collector.totals()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from arte_edge.backends.base import Completion, Message, SamplingParams
 from arte_edge.methods.standard import ANSWER_FOLLOWUP, GenerationSettings, answer_with_teacher
@@ -24,6 +25,9 @@ class ScriptedTeacher:
         if messages[-1]["content"] == ANSWER_FOLLOWUP:
             return Completion(self.followup, 50, 3)
         return Completion(self.first, 40, 20, self.finish)
+
+    def chat_batch(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
+        return [self.chat(c, replace(params, seed=params.seed + i)) for i, c in enumerate(conversations)]
 
 
 def _settings(followup: bool = True) -> GenerationSettings:
@@ -68,3 +72,55 @@ def test_answer_present_needs_no_followup() -> None:
     teacher = ScriptedTeacher("3 + 4 = 7.\nAnswer: 7")
     outcome = answer_with_teacher(teacher, task, item, _settings(), "id4")
     assert outcome.example is not None and len(teacher.seen) == 1
+
+
+class WindowTeacher(ScriptedTeacher):
+    """Answers 'What is a + b?' right when a is even and drafts 'What is i + 1?' for draft seed i; records the
+    size of every batched call."""
+
+    def __init__(self, batch_size: int = 4):
+        super().__init__("")
+        self.batch_size, self.calls = batch_size, []
+
+    def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
+        if "exam questions" in messages[0]["content"]:
+            return Completion(f"Question:\nWhat is {params.seed} + 1?\nAnswer: {params.seed + 1}", 30, 10)
+        import re
+
+        a, b = map(int, re.search(r"(\d+) \+ (\d+)", messages[-1]["content"]).groups())
+        return Completion(f"We add.\nAnswer: {a + b + (a % 2)}", 40, 8)
+
+    def chat_batch(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
+        self.calls.append(len(conversations))
+        return super().chat_batch(conversations, params)
+
+
+def test_generate_answers_the_pool_in_batched_windows(tmp_path) -> None:
+    from arte_edge.methods.common import DurableCollector
+    from arte_edge.methods.standard import generate
+
+    task = get_task(str(ARITH))
+    pool = [Item(id=f"arith/p{i}", question=f"What is {i} + 3?", answer=str(i + 3)) for i in range(10)]
+    teacher = WindowTeacher(batch_size=4)
+    collector = DurableCollector(tmp_path / "ex.jsonl", tmp_path / "rej.jsonl")
+    totals = generate(teacher, task, pool=pool, seeds=[], mode="pool", collector=collector, settings=_settings(),
+                      target=4, max_attempts=10, batch_size=8)
+    assert teacher.calls == [4, 4]  # two windows of 4; the 4th kept example (item 6) stops the run
+    assert totals["n_examples"] == 4 and totals["n_rejected"] == 3  # items 1, 3, 5; item 7 is not recorded
+    assert [r["meta"]["item_id"] for r in collector.rejected_rows] == ["arith/p1", "arith/p3", "arith/p5"]
+
+
+def test_generate_synthesizes_in_batched_windows_with_seeds_by_index(tmp_path) -> None:
+    from arte_edge.methods.common import DurableCollector
+    from arte_edge.methods.standard import generate
+
+    task = get_task(str(ARITH))
+    seeds = [Item(id="arith/s", question="What is 1 + 1?", answer="2")]
+    teacher = WindowTeacher(batch_size=3)
+    collector = DurableCollector(tmp_path / "ex.jsonl", tmp_path / "rej.jsonl")
+    generate(teacher, task, pool=[], seeds=seeds, mode="synthesize", collector=collector, settings=_settings(),
+             target=3, max_attempts=9, batch_size=8)
+    assert teacher.calls[:2] == [3, 3]  # drafts of window 1, then their answers
+    questions = [r["meta"]["question"] for r in collector.accepted_rows]
+    assert questions == ["What is 0 + 1?", "What is 2 + 1?", "What is 4 + 1?"]  # odd a is answered wrong
+    assert all(r["meta"]["teacher_calls"] == 2 for r in collector.accepted_rows)
