@@ -1,7 +1,7 @@
 """ARTE preference collection: student evaluations per second, prefix-reuse batched scorer vs a naive loop.
 
     .venv/bin/python benchmarks/arte_student_eval_throughput.py [--gguf PATH] [--task arc_easy]
-        [--demos 3] [--questions 16] [--batch 8] [--max-tokens 128] [--threads 2]
+        [--demos 3] [--questions 16] [--batch 8] [--max-tokens 128] [--threads 2] [--ceiling]
 
 Step 3 of ARTE asks the student every D_pref question with one (q, r) demonstration: drafts × rationales ×
 |D_pref| greedy generations. Both paths answer the same ``--demos`` × ``--questions`` conversations greedily
@@ -12,6 +12,11 @@ and stop at the answer line:
   into ``--batch`` sequences, suffixes and answers decoded together).
 Prints a table (evaluations/s, ratio, answer agreement, load average) and writes
 ``benchmarks/results/arte_student_eval_throughput.json``. Target: ≥ 3× the naive loop.
+
+``--ceiling`` also runs llama.cpp's own ``llama-batched-bench`` (built once beside llama-bench, see
+llama_bench_compare.py) on the same file: decode tokens/s with 1 and with ``--batch`` sequences. Their ratio is
+what batched decoding can give on this machine at all; on a 2-core CPU a 135M model is compute-bound already at
+batch 1, so the ratio is small there, and large on many-core CPUs and GPUs.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -106,6 +113,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def batched_ceiling(gguf: Path, batch: int, tg: int, threads: int) -> dict[str, Any]:
+    """llama-batched-bench decode tokens/s with 1 and ``batch`` sequences (128-token prompts, ``tg`` new tokens)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from llama_bench_compare import llama_bench_binary
+
+    build = llama_bench_binary().parent.parent
+    binary = build / "bin" / "llama-batched-bench"
+    if not binary.is_file():
+        subprocess.run(["ninja", "-C", str(build), "llama-batched-bench"], check=True, stdout=subprocess.DEVNULL)
+    cmd = [str(binary), "-m", str(gguf), "-c", "8192", "-b", "512", "-ub", "512", "-npp", "128", "-ntg", str(tg),
+           "-npl", f"1,{batch}", "-t", str(threads), "-fa", "off"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    decode: dict[int, float] = {}
+    for line in (proc.stdout + proc.stderr).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 10 and cells[2].isdigit():  # PP | TG | B | N_KV | T_PP | S_PP | T_TG | S_TG | T | S
+            decode[int(cells[2])] = float(cells[7])
+    if 1 not in decode or batch not in decode:
+        raise SystemExit(f"could not read llama-batched-bench's table from: {' '.join(cmd)}")
+    return {"decode_tok_s_b1": decode[1], f"decode_tok_s_b{batch}": decode[batch],
+            "ratio": round(decode[batch] / decode[1], 2), "command": " ".join(cmd)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gguf", default=None, help="Student GGUF (default: bundled SmolLM2-135M Q4_1).")
@@ -115,14 +145,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="Parallel sequences in our scorer.")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ceiling", action="store_true",
+                        help="Also measure llama.cpp's own batched decode speed-up (llama-batched-bench).")
     args = parser.parse_args()
     result = run(args)
+    if args.ceiling:
+        result["llama_batched_bench"] = batched_ceiling(Path(result["gguf"]), args.batch, args.max_tokens,
+                                                        args.threads)
     print(f"{'scorer':<28}{'seconds':>10}{'eval/s':>10}")
     print(f"{'naive create_chat_completion':<28}{result['naive_s']:>10.1f}{result['naive_eval_per_s']:>10.2f}")
     print(f"{'prefix reuse + batch ' + str(args.batch):<28}{result['ours_s']:>10.1f}{result['ours_eval_per_s']:>10.2f}")
     print(f"speedup {result['speedup']}x over {result['n_evaluations']} evaluations; identical text "
           f"{result['identical_text']}/{result['n_evaluations']}, same answer {result['same_answer']}, same verdict "
           f"{result['same_verdict']}; load average before {result['loadavg_before']} after {result['loadavg_after']}")
+    if args.ceiling:
+        c = result["llama_batched_bench"]
+        print(f"llama-batched-bench decode: {c['decode_tok_s_b1']:.1f} tok/s at batch 1, "
+              f"{c[f'decode_tok_s_b{args.batch}']:.1f} at batch {args.batch}: batching alone gives {c['ratio']}x here")
     out = Path(__file__).parent / "results" / "arte_student_eval_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

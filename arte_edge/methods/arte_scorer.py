@@ -3,17 +3,18 @@
 ARTE scores a rationale by asking the student every D_pref question with that rationale as the one-shot
 demonstration: drafts × rationales × |D_pref| greedy generations. Every conversation of one rationale shares
 the system prompt and the demonstration, so :class:`PrefixReuseScorer` evaluates that shared prefix once into
-llama.cpp sequence 0, copies it into ``batch`` sequences (``llama_memory_seq_cp``: with a unified KV cache the
-cells are shared, not copied), decodes all the question suffixes and then all the answers of the batch
-together (one ``llama_decode`` per step for every live sequence), stops each sequence at its answer line,
-and removes the sequences (``llama_memory_seq_rm``) for the next batch. :class:`ChatModelScorer` is the plain
-path over any :class:`ChatModel` (fp32 HF student, fakes in tests).
+llama.cpp sequence 0 and copies it into ``batch`` slots (``llama_memory_seq_cp``: with a unified KV cache the
+cells are shared, not copied). Every live slot decodes in one ``llama_decode`` per step; a slot whose answer is
+complete (answer line or end of turn) is removed (``llama_memory_seq_rm``) and takes the next question at once,
+its suffix prefilled in the same step (continuous batching: no slot idles while a long answer finishes).
+:class:`ChatModelScorer` is the plain path over any :class:`ChatModel` (fp32 HF student, fakes in tests).
 """
 
 from __future__ import annotations
 
 import ctypes
 import re
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -148,12 +149,7 @@ class PrefixReuseScorer:
                             "shorten arte.max_tokens or raise max_prompt_tokens")
         self.lc.llama_memory_clear(self.mem, True)
         self._decode_tokens([(0, tok, pos, False) for pos, tok in enumerate(prompts[0][:shared])])
-        out: list[str] = []
-        for start in range(0, len(prompts), self.batch_size):
-            chunk = prompts[start:start + self.batch_size]
-            seqs = [_Sequence(j + 1, p[shared:], shared) for j, p in enumerate(chunk)]
-            out += self._answer_batch(seqs, shared)
-        return out
+        return self._answer_all(prompts, shared)
 
     def close(self) -> None:
         if getattr(self, "ctx", None):
@@ -165,34 +161,40 @@ class PrefixReuseScorer:
             self.llm = None
 
     # -- internals -----------------------------------------------------------------------------------
-    def _answer_batch(self, seqs: list[_Sequence], shared: int) -> list[str]:
+    def _answer_all(self, prompts: list[list[int]], shared: int) -> list[str]:
+        """Continuous batching over ``batch`` slots: a slot freed by a finished answer takes the next question
+        in the same ``llama_decode`` step (its suffix is prefilled beside the other slots' decode tokens)."""
         lc = self.lc
-        for s in seqs:
-            lc.llama_memory_seq_rm(self.mem, s.seq_id, -1, -1)
-            if shared:
-                lc.llama_memory_seq_cp(self.mem, 0, s.seq_id, 0, shared)
-        # every suffix in one pass (chunked by n_batch); logits only for each suffix's last token
-        entries = [(s.seq_id, tok, s.pos + i, i == len(s.suffix) - 1) for s in seqs for i, tok in enumerate(s.suffix)]
-        nexts = self._decode_tokens(entries)
-        for s in seqs:
-            s.pos += len(s.suffix)
-        next_of = dict(zip([e[0] for e in entries if e[3]], nexts, strict=True))
-        live = seqs
-        while live:
-            step = []
-            for s in live:
-                tok = next_of[s.seq_id]
-                if self._finish(s, tok):
-                    continue
-                step.append((s.seq_id, tok, s.pos, True))
-                s.pos += 1
-            live = [s for s in live if not s.done]
-            if not step:
+        waiting = deque(enumerate(prompts))
+        free = list(range(self.batch_size, 0, -1))  # sequence ids; 0 holds the shared prefix
+        live: dict[int, tuple[int, _Sequence]] = {}
+        texts = [""] * len(prompts)
+        next_of: dict[int, int] = {}
+        while waiting or live:
+            entries: list[tuple[int, int, int, bool]] = []
+            for seq_id, tok in next_of.items():
+                index, seq = live[seq_id]
+                if self._finish(seq, tok):
+                    texts[index] = seq.text
+                    del live[seq_id]
+                    lc.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
+                    free.append(seq_id)
+                else:
+                    entries.append((seq_id, tok, seq.pos, True))
+                    seq.pos += 1
+            while free and waiting:
+                index, prompt = waiting.popleft()
+                seq = _Sequence(free.pop(), prompt[shared:], shared)
+                if shared:
+                    lc.llama_memory_seq_cp(self.mem, 0, seq.seq_id, 0, shared)
+                entries += [(seq.seq_id, tok, shared + i, i == len(seq.suffix) - 1) for i, tok in enumerate(seq.suffix)]
+                seq.pos += len(seq.suffix)
+                live[seq.seq_id] = (index, seq)
+            if not entries:
                 break
-            next_of = dict(zip([e[0] for e in step], self._decode_tokens(step), strict=True))
-        for s in seqs:
-            lc.llama_memory_seq_rm(self.mem, s.seq_id, -1, -1)
-        return [s.text for s in seqs]
+            wanted = [e[0] for e in entries if e[3]]
+            next_of = dict(zip(wanted, self._decode_tokens(entries), strict=True))
+        return texts
 
     def _finish(self, s: _Sequence, tok: int) -> bool:
         """Append ``tok`` to ``s`` unless it ends the answer; True when ``s`` is finished."""
