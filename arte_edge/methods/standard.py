@@ -122,12 +122,14 @@ def draft_messages(task: Task, seeds: Sequence[Item], rng: random.Random) -> lis
 
 
 def parse_draft(task: Task, text: str, item_id: str) -> Item | None:
-    """A drafted question and its key as an Item, or None when the draft is not usable."""
+    """A drafted question and its key as an Item, or None when the draft is not usable (no key, a stub of a
+    question, or what the task rejects, e.g. a multiple-choice question without its choices)."""
     key = task.extract_answer(text)
     question = rationale_of(text).removeprefix("Question:").strip()
     if not key or len(question) < 10:
         return None
-    return Item(id=item_id, question=question, answer=key, source_split="synthetic")
+    item = Item(id=item_id, question=question, answer=key, source_split="synthetic")
+    return None if task.draft_problem(item) else item
 
 
 def synthesize_candidates(settings: GenerationSettings) -> Iterator[tuple[str, int]]:

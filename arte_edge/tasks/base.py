@@ -89,6 +89,10 @@ class Task:
         """Whether ``completion`` answers ``item`` correctly."""
         raise NotImplementedError
 
+    def draft_problem(self, item: Item) -> str | None:
+        """Why a teacher-drafted ``item`` cannot be used as a question of this task (None: usable)."""
+        return None
+
     def check_flexible(self, item: Item, completion: str) -> Check:
         """Like :meth:`check`, but when no final answer line is found, the answer is looked for elsewhere
         (lm-eval's "flexible-extract" next to its "strict-match"). Reported beside the strict accuracy so that

@@ -75,6 +75,15 @@ class MultipleChoiceTask(Task):
         choices = item.meta.get("choices")
         return list(choices) if choices else _choices_in_question(item.question)
 
+    def draft_problem(self, item: Item) -> str | None:
+        """A drafted question must list at least two lettered choices and its key must be one of them."""
+        choices = _choices_in_question(item.question)
+        if len(choices) < 2:
+            return "drafted question lists no choices ('A. ...' lines)"
+        if item.answer not in LETTERS[: len(choices)]:
+            return f"drafted key {item.answer!r} is not one of the {len(choices)} listed choices"
+        return None
+
     def check(self, item: Item, completion: str) -> Check:
         """Correct when the final answer names the gold letter (or spells out exactly the gold choice)."""
         text = final_answer_text(completion)
