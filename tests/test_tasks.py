@@ -452,3 +452,26 @@ def test_bare_jsonl_infers_kind(tmp_path: Path) -> None:
     no_answer = _write(tmp_path / "broken.jsonl", [{"question": "1+1?", "answer": 2}, {"question": "2+2?"}])
     with pytest.raises(ArteError, match=r"broken\.jsonl:2: missing key 'answer'"):
         get_task(str(no_answer))
+
+
+@pytest.mark.parametrize(("draft", "usable"), [
+    ("Question: Which gas do plants take in?\nA. oxygen\nB. carbon dioxide\nC. helium\nAnswer: B", True),
+    ("Question: The function of cellular photosynthesis is crucial for\nAnswer: D", False),  # no choices
+    ("Question: Which platform do remote teams use to meet?\n\nAnswer: Zoom", False),  # no choices, no letter
+    ("Question: Which gas do plants take in?\nA. oxygen\nB. carbon dioxide\nAnswer: D", False),  # key not listed
+])
+def test_drafted_multiple_choice_questions_need_their_choices(draft: str, usable: bool) -> None:
+    from arte_edge.methods.standard import parse_draft
+
+    task = get_task("arc_easy")
+    item = parse_draft(task, draft, "arc_easy/draft")
+    assert (item is not None) == usable
+    if usable:
+        assert item.answer == "B" and item.question.endswith("C. helium")
+
+
+def test_drafted_numeric_questions_need_only_a_number() -> None:
+    from arte_edge.methods.standard import parse_draft
+
+    item = parse_draft(get_task("gsm8k"), "Question: Tom has 3 apples and buys 4. How many now?\nAnswer: 7", "g/d")
+    assert item is not None and item.answer == "7"

@@ -91,15 +91,16 @@ def _regenerate_window(teacher: ChatModel, task: Task, seeds: Sequence[Item], ct
                        indices: Sequence[int]) -> list[dict[str, Any]]:
     """Rows for attempts ``indices``: their drafts in one batched call, then their answers in another."""
     from arte_edge.methods.common import chat_seeded
-    from arte_edge.methods.standard import parse_draft
+    from arte_edge.methods.standard import read_draft
     from arte_edge.stages.align import cost_of, draft_prompt, rationale_prompt
 
     cfg, gen, seed = ctx.recipe.arte, ctx.recipe.generate, ctx.recipe.seed
     drafts = chat_seeded(teacher, [draft_prompt(task, seeds)] * len(indices),
                          SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.question_temperature),
                          [seed * 100_003 + 50_000 + i for i in indices])
-    items = {i: parse_draft(task, d.text, _regen_id(ctx, name, i)) if d.ok else None
-             for i, d in zip(indices, drafts, strict=True)}
+    read = {i: read_draft(task, d.text, _regen_id(ctx, name, i)) if d.ok else (None, f"teacher error: {d.error}")
+            for i, d in zip(indices, drafts, strict=True)}
+    items = {i: item for i, (item, _) in read.items()}
     asked = [i for i in indices if items[i] is not None]
     answers = dict(zip(asked, teacher.chat_batch([rationale_prompt(task, items[i].question, cfg) for i in asked],
                                                  SamplingParams(max_tokens=gen.max_tokens, temperature=0.0,
@@ -108,7 +109,7 @@ def _regenerate_window(teacher: ChatModel, task: Task, seeds: Sequence[Item], ct
     for i, draft in zip(indices, drafts, strict=True):
         rid, item, answer = _regen_id(ctx, name, i), items[i], answers.get(i)
         calls = [draft] + ([answer] if answer is not None else [])
-        example, reason = None, "unparseable draft"
+        example, reason = None, read[i][1]
         if item is not None and answer is not None:
             meta = {"method": "arte", "dataset": name, "teacher": ctx.recipe.teacher.model, **cost_of(*calls),
                     "drafted_key": item.answer}

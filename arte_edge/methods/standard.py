@@ -124,12 +124,20 @@ def draft_messages(task: Task, seeds: Sequence[Item], rng: random.Random) -> lis
 def parse_draft(task: Task, text: str, item_id: str) -> Item | None:
     """A drafted question and its key as an Item, or None when the draft is not usable (no key, a stub of a
     question, or what the task rejects, e.g. a multiple-choice question without its choices)."""
+    return read_draft(task, text, item_id)[0]
+
+
+def read_draft(task: Task, text: str, item_id: str) -> tuple[Item | None, str]:
+    """:func:`parse_draft` with the reason a draft is unusable ("" when it is usable)."""
     key = task.extract_answer(text)
     question = rationale_of(text).removeprefix("Question:").strip()
-    if not key or len(question) < 10:
-        return None
+    if not key:
+        return None, "unparseable draft (no answer key)"
+    if len(question) < 10:
+        return None, "unparseable draft (no question)"
     item = Item(id=item_id, question=question, answer=key, source_split="synthetic")
-    return None if task.draft_problem(item) else item
+    problem = task.draft_problem(item)
+    return (None, f"unusable draft: {problem}") if problem else (item, "")
 
 
 def synthesize_candidates(settings: GenerationSettings) -> Iterator[tuple[str, int]]:
@@ -148,15 +156,16 @@ def draft_and_answer_window(teacher: ChatModel, task: Task, seeds: Sequence[Item
     params = SamplingParams(max_tokens=settings.max_tokens, temperature=settings.question_temperature)
     prompts = [draft_messages(task, seeds, random.Random(f"{settings.seed}/{index}")) for _, index in window]
     drafts = chat_seeded(teacher, prompts, params, [settings.seed * 100_003 + index for _, index in window])
-    items = [parse_draft(task, d.text, f"{task.name}/synthetic-{rid}") if d.ok else None
-             for (rid, _), d in zip(window, drafts, strict=True)]
+    read = [read_draft(task, d.text, f"{task.name}/synthetic-{rid}") if d.ok else (None, "")
+            for (rid, _), d in zip(window, drafts, strict=True)]
+    items = [item for item, _ in read]
     jobs = [(rid, item, {"source": "synthesize", "drafted_key": item.answer})
             for (rid, _), item in zip(window, items, strict=True) if item is not None]
     answered = iter(answer_window(teacher, task, jobs, settings))
     outcomes = []
-    for (rid, _), draft, item in zip(window, drafts, items, strict=True):
+    for (rid, _), draft, (item, why) in zip(window, drafts, read, strict=True):
         if item is None:
-            outcomes.append(_unusable_draft(task, settings, rid, draft))
+            outcomes.append(_unusable_draft(task, settings, rid, draft, why))
             continue
         outcome = next(answered)
         for record in (outcome.example, outcome.rejected):
@@ -169,9 +178,10 @@ def draft_and_answer_window(teacher: ChatModel, task: Task, seeds: Sequence[Item
     return outcomes
 
 
-def _unusable_draft(task: Task, settings: GenerationSettings, record_id: str, draft: Completion) -> Outcome:
+def _unusable_draft(task: Task, settings: GenerationSettings, record_id: str, draft: Completion,
+                    why: str) -> Outcome:
     meta = {"method": "standard", "teacher": settings.teacher_name, **completion_cost(draft)}
-    reason = f"teacher error: {draft.error}" if not draft.ok else "unparseable draft (no question or answer key)"
+    reason = f"teacher error: {draft.error}" if not draft.ok else why
     placeholder = Item(id=f"{task.name}/synthetic-{record_id}", question="", answer="")
     return Outcome(record_id, None, _rejection(record_id, placeholder, meta, reason, draft.text))
 

@@ -226,7 +226,7 @@ def elicit_drafts(teacher: ChatModel, task: Task, seeds: Sequence[Item], cfg: Ar
     batched teacher call each) and attempts stop at 3·m so a weak teacher cannot loop forever.
     """
     from arte_edge.methods.common import chat_seeded
-    from arte_edge.methods.standard import parse_draft
+    from arte_edge.methods.standard import read_draft
 
     done, out = _durable_map(path)
     messages = draft_prompt(task, seeds)
@@ -243,11 +243,10 @@ def elicit_drafts(teacher: ChatModel, task: Task, seeds: Sequence[Item], cfg: Ar
                 if n_ok >= cfg.n_drafts:  # as a one-at-a-time run would: nothing past the m-th usable draft
                     break
                 rid = stable_id("arte/draft", tag, i, seed, cfg.question_temperature)
-                item = parse_draft(task, c.text, f"{task.name}/arte-{rid}") if c.ok else None
+                item, why = read_draft(task, c.text, f"{task.name}/arte-{rid}") if c.ok else (None, "")
                 rows.append({"id": rid, "index": i, "ok": item is not None, "text": c.text,
                              "question": item.question if item else None, "key": item.answer if item else None,
-                             "reason": "" if item else (f"teacher error: {c.error}" if not c.ok
-                                                        else "unparseable draft"), **cost_of(c)})
+                             "reason": why if c.ok else f"teacher error: {c.error}", **cost_of(c)})
                 n_ok += item is not None
             out.write_batch(rows)
             done.update({r["id"]: r for r in rows})

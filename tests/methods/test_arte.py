@@ -378,7 +378,7 @@ def test_regenerate_batches_attempts_and_stops_where_a_sequential_run_stops(tmp_
     kept = [r for r in rows if r["example"] is not None]
     assert len(kept) == 12 and rows[-1]["example"] is not None  # nothing recorded past the 12th kept example
     assert [r["index"] for r in rows] == list(range(len(rows)))
-    assert any(r["reason"] == "unparseable draft" for r in rows)  # FakeTeacher's every-7th garbage draft
+    assert any(r["reason"].startswith("unparseable draft") for r in rows)  # FakeTeacher's every-7th garbage draft
     draft_calls = [c for c in teacher.calls if c[1] != 0]
     assert draft_calls[0] == (8, 50_000) and draft_calls[1] == (8, 50_008)  # windows of 8, seeds by attempt
     # resume: dropping the tail re-creates exactly the same rows
