@@ -655,7 +655,8 @@ def write_report_section(ctx: StageContext, summary: dict[str, Any], datasets: d
                                      f"{', '.join(d['respondents'])})" if d["method"] == "irt" else "") + ".",
              f"- Student answering D_pref: **{summary['student']['kind']}** `{summary['student']['path']}`.",
              f"- Drafts: {summary['n_drafts_usable']} usable of {summary['n_drafts_tried']} "
-             f"({summary['n_drafts_unparseable']} unparseable, dropped); rationales: {summary['n_rationales']} "
+             f"({summary['n_drafts_unparseable']} unusable: no key, no question or no choices; dropped); "
+             f"rationales: {summary['n_rationales']} "
              f"({summary['n_rationales_unparseable']} without a parseable answer, dropped; "
              f"{summary['n_rationales_agreeing_with_key']} agree with the drafted key).",
              f"- Mean ŝ_r {summary['mean_rationale_score']:.3f}; ŝ_q range {summary['question_score_range']}.",
