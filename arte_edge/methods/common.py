@@ -36,6 +36,11 @@ def chat_seeded(model: ChatModel, conversations: Sequence[Sequence[Message]], pa
     return out
 
 
+def teacher_window(teacher: ChatModel) -> int:
+    """Candidates produced per batched teacher call: the backend's concurrency or decode batch size."""
+    return max(1, int(getattr(teacher, "parallel", 0) or getattr(teacher, "batch_size", 1) or 1))
+
+
 def answer_messages(task: Task, item: Item, demos: Iterable[tuple[str, str]] = ()) -> list[Message]:
     """The conversation asking a model to answer ``item``: system prompt, optional demos, the question."""
     messages: list[Message] = [{"role": "system", "content": task.system_prompt}]

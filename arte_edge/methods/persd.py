@@ -29,9 +29,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from arte_edge.backends.base import ChatModel, Completion, SamplingParams
+from arte_edge.backends.base import ChatModel, Completion, Message, SamplingParams
 from arte_edge.errors import ArteError
-from arte_edge.methods.common import DurableCollector, Outcome, completion_cost, rationale_of, training_example
+from arte_edge.methods.common import (
+    DurableCollector,
+    Outcome,
+    chat_seeded,
+    completion_cost,
+    rationale_of,
+    teacher_window,
+    training_example,
+)
 from arte_edge.methods.persd_prompts import (
     refine_inference_messages,
     student_attempt_messages,
@@ -273,26 +281,40 @@ def _teacher_record(record_id: str, item: Item, completion: Completion, verdict:
                                      "completion": completion.text[:2000], "meta": meta})
 
 
-def refine_outcome(teacher: ChatModel, task: Task, item: Item, attempt: dict[str, Any], s: LoopSettings,
-                   record_id: str) -> Outcome:
-    """The teacher rectifies one failed attempt; kept only when the rectified answer passes."""
-    messages = teacher_refine_messages(task, item, attempt["attempt"], attempt["error"], s.refine_mode)
+def refine_window(teacher: ChatModel, task: Task, jobs: Sequence[tuple[str, Item, dict[str, Any]]],
+                  s: LoopSettings) -> list[Outcome]:
+    """Refinements of ``(record_id, item, attempt)`` jobs through batched teacher calls, each re-checked."""
+    messages = [teacher_refine_messages(task, item, a["attempt"], a["error"], s.refine_mode) for _, item, a in jobs]
     params = _teacher_params(s, task, nl_feedback=s.refine_mode == "nl")
-    completion = teacher.chat(messages, params)
-    completion = replace(completion, text=truncate_at_stop(completion.text, params.stop_regex))
-    verdict = s.judge(task, item, completion.text) if completion.ok else Judgement(
-        False, None, f"teacher error: {completion.error}")
-    return _teacher_record(record_id, item, completion, verdict, s, "refine", {"attempt_id": attempt["id"]})
+    completions = _teacher_calls(teacher, messages, params)
+    return [_teacher_outcome(rid, task, item, c, params, s, "refine", {"attempt_id": a["id"]})
+            for (rid, item, a), c in zip(jobs, completions, strict=True)]
 
 
-def direct_outcome(teacher: ChatModel, task: Task, item: Item, s: LoopSettings, record_id: str) -> Outcome:
-    """The teacher solves the task from scratch (StanD / InpD); kept only when it passes."""
+def direct_window(teacher: ChatModel, task: Task, jobs: Sequence[tuple[str, Item]], s: LoopSettings) -> list[Outcome]:
+    """From-scratch teacher solutions of ``(record_id, item)`` jobs through batched calls, each checked."""
     params = _teacher_params(s, task)
-    completion = teacher.chat(teacher_direct_messages(task, item), params)
+    completions = _teacher_calls(teacher, [teacher_direct_messages(task, item) for _, item in jobs], params)
+    return [_teacher_outcome(rid, task, item, c, params, s, "direct", {})
+            for (rid, item), c in zip(jobs, completions, strict=True)]
+
+
+def _teacher_calls(teacher: ChatModel, messages: Sequence[Sequence[Message]],
+                   params: SamplingParams) -> list[Completion]:
+    """Greedy calls go through one ``chat_batch``; sampled ones keep ``params.seed`` each, as one call would."""
+    if not messages:
+        return []
+    if params.temperature == 0:
+        return teacher.chat_batch(messages, params)
+    return chat_seeded(teacher, messages, params, [params.seed] * len(messages))
+
+
+def _teacher_outcome(record_id: str, task: Task, item: Item, completion: Completion, params: SamplingParams,
+                     s: LoopSettings, kind: str, extra: dict[str, Any]) -> Outcome:
     completion = replace(completion, text=truncate_at_stop(completion.text, params.stop_regex))
     verdict = s.judge(task, item, completion.text) if completion.ok else Judgement(
         False, None, f"teacher error: {completion.error}")
-    return _teacher_record(record_id, item, completion, verdict, s, "direct", {})
+    return _teacher_record(record_id, item, completion, verdict, s, kind, extra)
 
 
 def _collector(paths: LoopPaths, name: str) -> DurableCollector:
@@ -378,17 +400,18 @@ def _direct_items(pool: Sequence[Item], refine_targets: list[dict[str, Any]], bu
 def _teacher_phase(teacher: ChatModel, task: Task, by_id: dict[str, Item], refine_targets: list[dict[str, Any]],
                    direct_items: list[Item], paths: LoopPaths, s: LoopSettings,
                    on_progress: Callable[[str, int, int], None] | None) -> None:
+    window = teacher_window(teacher)
     refinements = _collector(paths, "refinements")
-    candidates = ((refine_id(s, a["id"]), lambda a=a: refine_outcome(teacher, task, by_id[a["item_id"]], a, s,
-                                                                      refine_id(s, a["id"])))
-                  for a in refine_targets)
-    refinements.run(candidates, target=len(refine_targets) + 1, max_attempts=len(refinements.done_ids) +
-                    len(refine_targets), batch_size=s.batch_size, on_progress=_progress(on_progress, "refinements"))
+    refinements.run(((refine_id(s, a["id"]), a) for a in refine_targets), target=len(refine_targets) + 1,
+                    max_attempts=len(refinements.done_ids) + len(refine_targets), batch_size=s.batch_size,
+                    on_progress=_progress(on_progress, "refinements"), parallel=window,
+                    run_window=lambda w: refine_window(teacher, task, [(rid, by_id[a["item_id"]], a) for rid, a in w],
+                                                       s))
     direct = _collector(paths, "direct")
-    candidates = ((direct_id(s, item), lambda item=item: direct_outcome(teacher, task, item, s, direct_id(s, item)))
-                  for item in direct_items)
-    direct.run(candidates, target=len(direct_items) + 1, max_attempts=len(direct.done_ids) + len(direct_items),
-               batch_size=s.batch_size, on_progress=_progress(on_progress, "teacher direct"))
+    direct.run(((direct_id(s, item), item) for item in direct_items), target=len(direct_items) + 1,
+               max_attempts=len(direct.done_ids) + len(direct_items), batch_size=s.batch_size,
+               on_progress=_progress(on_progress, "teacher direct"), parallel=window,
+               run_window=lambda w: direct_window(teacher, task, w, s))
 
 
 # ---------------------------------------------------------------- datasets from the logs

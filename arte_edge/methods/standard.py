@@ -22,6 +22,7 @@ from arte_edge.methods.common import (
     completion_cost,
     rationale_of,
     teacher_messages,
+    teacher_window,
     training_example,
     training_target,
 )
@@ -184,11 +185,6 @@ def _unusable_draft(task: Task, settings: GenerationSettings, record_id: str, dr
     reason = f"teacher error: {draft.error}" if not draft.ok else why
     placeholder = Item(id=f"{task.name}/synthetic-{record_id}", question="", answer="")
     return Outcome(record_id, None, _rejection(record_id, placeholder, meta, reason, draft.text))
-
-
-def teacher_window(teacher: ChatModel) -> int:
-    """Candidates produced per batched teacher call: the backend's concurrency or decode batch size."""
-    return max(1, int(getattr(teacher, "parallel", 0) or getattr(teacher, "batch_size", 1) or 1))
 
 
 def generate(teacher: ChatModel, task: Task, *, pool: Sequence[Item], seeds: Sequence[Item], mode: str,

@@ -427,3 +427,25 @@ def test_generate_datasets_and_heldout_evaluation_from_a_recipe(tmp_path: Path,
     out = persd.evaluate_extra(ctx, {})
     assert out["persd_heldout"]["n_items"] == 4  # the recipe's eval split: disjoint from the pool
     assert "## PERsD: held-out pass@1 on arith" in (tmp_path / "report" / "sections" / "persd.md").read_text()
+
+
+class BatchingFakeChat(FakeChat):
+    """A FakeChat that declares a decode batch size and records the size of every batched call."""
+
+    def __init__(self, *args, batch_size: int = 3, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch_size, self.batches = batch_size, []
+
+    def chat_batch(self, conversations, params):
+        self.batches.append(len(conversations))
+        return super().chat_batch(conversations, params)
+
+
+def test_teacher_calls_are_batched_and_give_the_same_datasets(tmp_path: Path) -> None:
+    run_toy(tmp_path / "one")
+    teacher = BatchingFakeChat("teacher", teacher_respond, batch_size=3)
+    run_toy(tmp_path / "batched", teacher=teacher)
+    # 5 refinements → windows 3 + 2; 7 direct solutions (InpD's 5 failures + StanD's extra 2) → 3 + 3 + 1
+    assert teacher.batches == [3, 2, 3, 3, 1]
+    for name in ("persd", *persd.ALL_VARIANTS):
+        assert dataset(tmp_path / "batched", name) == dataset(tmp_path / "one", name)
