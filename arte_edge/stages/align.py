@@ -564,9 +564,13 @@ def ensure_aligned(ctx: StageContext, teacher: ChatModel | None = None) -> dict[
     Returns the summary written to ``align/summary.json``.
     """
     from arte_edge.backends import open_chat_model
+    from arte_edge.methods.arte_fingerprint import retire_stale_steps
 
     check_alignment_possible(ctx)
     cfg, recipe = ctx.recipe.arte, ctx.recipe
+    if moved := retire_stale_steps(ctx.run.root / "align", recipe):
+        log(f"align: the recipe changed; moved {', '.join(moved)} to {ctx.run.root / 'align' / 'stale'}, "
+            "redoing them")
     timer = StepTimer(ctx.run.path("align", "timings.json"))
     dpref, dpref_info = preference_set(ctx, timer)
     own = teacher is None

@@ -386,3 +386,34 @@ def test_regenerate_batches_attempts_and_stops_where_a_sequential_run_stops(tmp_
     path.write_text("".join(lines[:3]))
     again = arte.regenerate(_RecordingTeacher(), ctx.task, ctx.split("seeds"), ctx, "unaligned", path)
     assert again == rows
+
+
+# ------------------------------------------------------------------------------- stale intermediate files
+def test_changed_recipe_retires_the_changed_step_and_later_ones(tmp_path: Path) -> None:
+    from arte_edge.methods.arte_fingerprint import retire_stale_steps
+
+    align = tmp_path / "align"
+    assert retire_stale_steps(align, _recipe()) == []  # first use: adopts the fingerprints
+    for name in ("dpref.json", "irt_responses.jsonl", "drafts.jsonl", "rationales.jsonl", "scores.jsonl"):
+        (align / name).write_text("{}\n")
+    (align / "teachers" / "full").mkdir(parents=True)
+    (align / "timings.json").write_text(json.dumps({"1_dpref": 1.0, "2_elicit": 2.0, "4_dpo_full": 4.0}))
+    assert retire_stale_steps(align, _recipe()) == []  # same recipe: everything reused
+
+    moved = retire_stale_steps(align, _recipe(max_tokens=96))  # elicitation setting changed
+    assert set(moved) == {"drafts.jsonl", "rationales.jsonl", "scores.jsonl", "teachers"}
+    assert (align / "dpref.json").exists() and (align / "irt_responses.jsonl").exists()
+    stale = next((align / "stale").iterdir())
+    assert (stale / "drafts.jsonl").exists() and (stale / "teachers" / "full").is_dir()  # kept, not deleted
+    assert json.loads((align / "timings.json").read_text()) == {"1_dpref": 1.0}
+    assert retire_stale_steps(align, _recipe(max_tokens=96)) == []
+
+
+def test_dpo_setting_change_keeps_the_scores(tmp_path: Path) -> None:
+    from arte_edge.methods.arte_fingerprint import retire_stale_steps
+
+    align = tmp_path / "align"
+    retire_stale_steps(align, _recipe())
+    (align / "scores.jsonl").write_text("{}\n")
+    (align / "teachers").mkdir()
+    assert retire_stale_steps(align, _recipe(dpo_lr=1e-5)) == ["teachers"]
