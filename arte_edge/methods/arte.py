@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from arte_edge.backends.base import ChatModel, SamplingParams
+from arte_edge.backends.base import ChatModel, Completion, SamplingParams
 from arte_edge.errors import ArteError
 from arte_edge.progress import log, progress
 from arte_edge.rundir import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl, stable_id
@@ -114,9 +114,20 @@ def _regenerate_window(teacher: ChatModel, task: Task, seeds: Sequence[Item], ct
             meta = {"method": "arte", "dataset": name, "teacher": ctx.recipe.teacher.model, **cost_of(*calls),
                     "drafted_key": item.answer}
             example = example_from(task, item.question, item.answer, answer.text, rid, meta) if answer.ok else None
-            reason = "" if example else "rationale disagrees with the drafted key"
+            reason = "" if example else _rationale_rejection(task, answer)
         rows.append({"id": rid, "index": i, "example": example, "reason": reason, **cost_of(*calls)})
     return rows
+
+
+def _rationale_rejection(task: Task, answer: Completion) -> str:
+    """Why a regenerated rationale was not kept, with the fix when it is a token budget."""
+    if not answer.ok:
+        return f"teacher error: {answer.error}"
+    if task.extract_answer(answer.text) is None:
+        if answer.finish_reason == "length":
+            return "rationale cut at generate.max_tokens before its answer line (raise generate.max_tokens)"
+        return "rationale without an answer line"
+    return "rationale disagrees with the drafted key"
 
 
 def select_dataset(ctx: StageContext, name: str, teacher: ChatModel, path: Path) -> list[dict[str, Any]]:

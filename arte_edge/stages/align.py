@@ -285,7 +285,8 @@ def _rationale_row(task: Task, draft: dict[str, Any], style: int, c: Completion,
 
     answer = task.extract_answer(c.text) if c.ok else None
     return {"id": _rationale_id(draft, style, cfg, seed), "draft_id": draft["id"], "style": style, "text": c.text,
-            "ok": answer is not None, "answer": answer, "agrees_with_key": answer is not None and
+            "ok": answer is not None, "answer": answer, "finish_reason": c.finish_reason,
+            "agrees_with_key": answer is not None and
             task.check(Item(id="", question="", answer=draft["key"]), c.text).correct,
             "target": task.target(rationale_of(c.text), answer) if answer is not None else None, **cost_of(c)}
 
@@ -615,6 +616,7 @@ def ensure_aligned(ctx: StageContext, teacher: ChatModel | None = None) -> dict[
         "student": student_info, "n_drafts_tried": len(drafts), "n_drafts_usable": len(usable),
         "n_drafts_unparseable": len(drafts) - len(usable), "n_rationales": len(rationales),
         "n_rationales_unparseable": sum(not r["ok"] for r in rationales),
+        "n_rationales_cut": sum(not r["ok"] and r.get("finish_reason") == "length" for r in rationales),
         "n_rationales_agreeing_with_key": sum(r["agrees_with_key"] for r in rationales),
         "mean_rationale_score": round(sum(s["score"] for s in scores) / max(1, len(scores)), 4),
         "question_score_range": [min(q_scores.values(), default=0), max(q_scores.values(), default=0)],
@@ -661,7 +663,8 @@ def write_report_section(ctx: StageContext, summary: dict[str, Any], datasets: d
              f"- Drafts: {summary['n_drafts_usable']} usable of {summary['n_drafts_tried']} "
              f"({summary['n_drafts_unparseable']} unusable: no key, no question or no choices; dropped); "
              f"rationales: {summary['n_rationales']} "
-             f"({summary['n_rationales_unparseable']} without a parseable answer, dropped; "
+             f"({summary['n_rationales_unparseable']} without a parseable answer, dropped, "
+             f"{summary.get('n_rationales_cut', 0)} of them cut at arte.max_tokens; "
              f"{summary['n_rationales_agreeing_with_key']} agree with the drafted key).",
              f"- Mean ŝ_r {summary['mean_rationale_score']:.3f}; ŝ_q range {summary['question_score_range']}.",
              f"- Pairs: {summary['n_question_pairs']} question-level, {summary['n_rationale_pairs']} rationale-level; "

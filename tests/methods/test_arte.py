@@ -417,3 +417,14 @@ def test_dpo_setting_change_keeps_the_scores(tmp_path: Path) -> None:
     (align / "scores.jsonl").write_text("{}\n")
     (align / "teachers").mkdir()
     assert retire_stale_steps(align, _recipe(dpo_lr=1e-5)) == ["teachers"]
+
+
+def test_regenerated_rationale_rejections_name_the_token_budget() -> None:
+    from arte_edge.methods.arte import _rationale_rejection
+
+    task = _arith_task()
+    cut = Completion("First we add 3 and 4, which", 20, 160, finish_reason="length")
+    assert "raise generate.max_tokens" in _rationale_rejection(task, cut)
+    assert _rationale_rejection(task, Completion("We add.", 20, 5)) == "rationale without an answer line"
+    assert _rationale_rejection(task, Completion("We add.\nAnswer: 8", 20, 5)) == \
+        "rationale disagrees with the drafted key"
