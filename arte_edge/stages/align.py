@@ -365,6 +365,18 @@ def rationale_pairs(task: Task, drafts: Sequence[dict[str, Any]], rationales: Se
 
 
 # ======================================================================================= step 4: DPO
+def dpo_warmup_steps(cfg: ArteConfig, n_pairs: int) -> int:
+    """Warm-up optimizer steps: the ratio of the run's steps, rounded down.
+
+    Rounded up (what a fractional ``warmup_steps`` gives), a run of fewer than 10 steps spends its first step
+    at learning rate 0, and a one-step run (a handful of pairs) never updates the teacher at all.
+    """
+    import math
+
+    steps = math.ceil(math.ceil(n_pairs / cfg.dpo_batch_size) * cfg.dpo_epochs)
+    return int(cfg.dpo_warmup_ratio * steps)
+
+
 def dpo_config(cfg: ArteConfig, output_dir: Path, seed: int, n_pairs: int):
     """TRL DPOConfig with the paper's schedule (warm-up then cosine), CPU-safe precision."""
     import torch
@@ -375,7 +387,8 @@ def dpo_config(cfg: ArteConfig, output_dir: Path, seed: int, n_pairs: int):
     return DPOConfig(
         output_dir=str(output_dir), learning_rate=cfg.dpo_lr, per_device_train_batch_size=micro,
         gradient_accumulation_steps=max(1, cfg.dpo_batch_size // micro), num_train_epochs=cfg.dpo_epochs,
-        lr_scheduler_type="cosine", warmup_steps=cfg.dpo_warmup_ratio, beta=cfg.dpo_beta, loss_type=["sigmoid"],
+        lr_scheduler_type="cosine", warmup_steps=dpo_warmup_steps(cfg, n_pairs), beta=cfg.dpo_beta,
+        loss_type=["sigmoid"],
         max_length=cfg.dpo_max_length, bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,
         activation_checkpointing=False, logging_steps=1, save_strategy="no", report_to=[], seed=seed,
         use_cpu=not cuda, disable_tqdm=True, dataloader_num_workers=0)

@@ -184,14 +184,20 @@ def test_dpo_changes_the_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
                      dpo_max_length=64, dpo_threads=1)
     pairs = [{"prompt": [{"role": "user", "content": f"What is {i} + 1?"}],
               "chosen": [{"role": "assistant", "content": f"Answer: {i + 1}"}],
-              "rejected": [{"role": "assistant", "content": f"Answer: {i + 7}"}]} for i in range(4)]
+              "rejected": [{"role": "assistant", "content": f"Answer: {i + 7}"}]} for i in range(2)]
     metrics = A.train_dpo(tiny_model_dir, pairs, tmp_path / "t" / "adapter", cfg, seed=0)
     weights = load_file(tmp_path / "t" / "adapter" / "adapter_model.safetensors")
     lora_b = [v for k, v in weights.items() if "lora_B" in k]
-    assert lora_b and any(float(v.abs().max()) > 0 for v in lora_b)  # LoRA B starts at zero
-    assert metrics["steps"] == 2 and metrics["n_pairs"] == 4
+    # LoRA B starts at zero: a single optimizer step must move it (no warm-up step at learning rate 0)
+    assert lora_b and any(float(v.abs().max()) > 0 for v in lora_b)
+    assert metrics["steps"] == 1 and metrics["n_pairs"] == 2
     assert "rewards_margins_last" in metrics
-    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["steps"] == 2
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["steps"] == 1
+
+
+@pytest.mark.parametrize(("n_pairs", "batch", "warmup"), [(300, 16, 1), (2, 16, 0), (24, 4, 0), (160, 4, 4)])
+def test_dpo_warmup_rounds_down(n_pairs: int, batch: int, warmup: int) -> None:
+    assert A.dpo_warmup_steps(ArteConfig(dpo_batch_size=batch), n_pairs) == warmup
 
 
 # --------------------------------------------------------------------------- steps 1–5, select mode
