@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 STEP_FILES: dict[str, tuple[str, ...]] = {
     "1_dpref": ("dpref.json", "irt_responses.jsonl"),
     "2_elicit": ("drafts.jsonl", "rationales.jsonl"),
-    "3_preferences": ("student.json", "student", "scores.jsonl", "pairs.jsonl", "summary.json"),
-    "4_dpo": ("teachers",),
+    "3_preferences": ("student.json", "student", "scores.jsonl", "summary.json"),
+    "4_dpo": ("pairs.jsonl", "teachers"),
     "5_regenerate": ("datasets",),
 }
 
@@ -43,10 +43,10 @@ def step_settings(recipe: Recipe) -> dict[str, dict[str, Any]]:
         "2_elicit": {"teacher": recipe.teacher.model,
                      **pick("n_drafts", "styles", "question_temperature", "elicit_temperature", "max_tokens")},
         "3_preferences": {"student": recipe.student.model,
-                          **pick("preference_student", "student_gguf", "student_quant", "student_max_tokens",
-                                 "question_pairs", "rationale_pairs", "quantile", "rationale_prompt")},
+                          **pick("preference_student", "student_gguf", "student_quant", "student_max_tokens")},
         "4_dpo": pick(*(name for name in type(a).model_fields if name.startswith("dpo_")), "alignment",
-                      "teacher_quant", "verify_export"),
+                      "question_pairs", "rationale_pairs", "quantile", "rationale_prompt", "teacher_quant",
+                      "verify_export"),
         "5_regenerate": {"max_tokens": recipe.generate.max_tokens},
     }
     return json.loads(json.dumps(settings))

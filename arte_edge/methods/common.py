@@ -36,6 +36,16 @@ def chat_seeded(model: ChatModel, conversations: Sequence[Sequence[Message]], pa
     return out
 
 
+def chat_all(model: ChatModel, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
+    """Every conversation answered with ``params`` as one call would: greedy ones through one batched call,
+    sampled ones each with ``params.seed`` (batching would seed them by position instead)."""
+    if not conversations:
+        return []
+    if params.temperature == 0:
+        return model.chat_batch(conversations, params)
+    return chat_seeded(model, conversations, params, [params.seed] * len(conversations))
+
+
 def teacher_window(teacher: ChatModel) -> int:
     """Candidates produced per batched teacher call: the backend's concurrency or decode batch size."""
     return max(1, int(getattr(teacher, "parallel", 0) or getattr(teacher, "batch_size", 1) or 1))

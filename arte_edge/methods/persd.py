@@ -29,12 +29,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from arte_edge.backends.base import ChatModel, Completion, Message, SamplingParams
+from arte_edge.backends.base import ChatModel, Completion, SamplingParams
 from arte_edge.errors import ArteError
 from arte_edge.methods.common import (
     DurableCollector,
     Outcome,
-    chat_seeded,
+    chat_all,
     completion_cost,
     rationale_of,
     teacher_window,
@@ -286,7 +286,7 @@ def refine_window(teacher: ChatModel, task: Task, jobs: Sequence[tuple[str, Item
     """Refinements of ``(record_id, item, attempt)`` jobs through batched teacher calls, each re-checked."""
     messages = [teacher_refine_messages(task, item, a["attempt"], a["error"], s.refine_mode) for _, item, a in jobs]
     params = _teacher_params(s, task, nl_feedback=s.refine_mode == "nl")
-    completions = _teacher_calls(teacher, messages, params)
+    completions = chat_all(teacher, messages, params)
     return [_teacher_outcome(rid, task, item, c, params, s, "refine", {"attempt_id": a["id"]})
             for (rid, item, a), c in zip(jobs, completions, strict=True)]
 
@@ -294,19 +294,9 @@ def refine_window(teacher: ChatModel, task: Task, jobs: Sequence[tuple[str, Item
 def direct_window(teacher: ChatModel, task: Task, jobs: Sequence[tuple[str, Item]], s: LoopSettings) -> list[Outcome]:
     """From-scratch teacher solutions of ``(record_id, item)`` jobs through batched calls, each checked."""
     params = _teacher_params(s, task)
-    completions = _teacher_calls(teacher, [teacher_direct_messages(task, item) for _, item in jobs], params)
+    completions = chat_all(teacher, [teacher_direct_messages(task, item) for _, item in jobs], params)
     return [_teacher_outcome(rid, task, item, c, params, s, "direct", {})
             for (rid, item), c in zip(jobs, completions, strict=True)]
-
-
-def _teacher_calls(teacher: ChatModel, messages: Sequence[Sequence[Message]],
-                   params: SamplingParams) -> list[Completion]:
-    """Greedy calls go through one ``chat_batch``; sampled ones keep ``params.seed`` each, as one call would."""
-    if not messages:
-        return []
-    if params.temperature == 0:
-        return teacher.chat_batch(messages, params)
-    return chat_seeded(teacher, messages, params, [params.seed] * len(messages))
 
 
 def _teacher_outcome(record_id: str, task: Task, item: Item, completion: Completion, params: SamplingParams,

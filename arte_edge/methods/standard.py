@@ -18,6 +18,7 @@ from arte_edge.backends.base import ChatModel, Completion, Message, SamplingPara
 from arte_edge.methods.common import (
     DurableCollector,
     Outcome,
+    chat_all,
     chat_seeded,
     completion_cost,
     rationale_of,
@@ -58,16 +59,11 @@ def answer_window(teacher: ChatModel, task: Task, jobs: Sequence[tuple[str, Item
     A completion that ended on its own but gave no parseable answer gets one follow-up turn asking for the
     answer line alone (two-stage answer extraction, as in zero-shot CoT): small teachers often reason
     correctly and then forget the format. Truncated completions are not rescued (their rationale is cut).
-    Greedy answers go through one ``chat_batch``; sampled ones keep ``settings.seed`` each, as one call would.
+    Greedy answers go through one batched call; sampled ones keep ``settings.seed`` each (:func:`chat_all`).
     """
     params = SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature, seed=settings.seed)
-    if not jobs:
-        return []
     messages = [teacher_messages(task, item) for _, item, _ in jobs]
-    if settings.temperature == 0:
-        completions = teacher.chat_batch(messages, params)
-    else:
-        completions = chat_seeded(teacher, messages, params, [settings.seed] * len(messages))
+    completions = chat_all(teacher, messages, params)
     rescue = [i for i, c in enumerate(completions) if settings.answer_followup and c.ok and task.kind != "code"
               and c.finish_reason == "stop" and task.extract_answer(c.text) is None]
     followups = dict(zip(rescue, teacher.chat_batch(

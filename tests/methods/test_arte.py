@@ -423,6 +423,8 @@ def test_dpo_setting_change_keeps_the_scores(tmp_path: Path) -> None:
     (align / "scores.jsonl").write_text("{}\n")
     (align / "teachers").mkdir()
     assert retire_stale_steps(align, _recipe(dpo_lr=1e-5)) == ["teachers"]
+    assert retire_stale_steps(align, _recipe(dpo_lr=1e-5, question_pairs=3)) == []  # no teacher trained yet
+    assert (align / "scores.jsonl").exists()  # pair counts change the DPO step, not the student's scores
 
 
 def test_regenerated_rationale_rejections_name_the_token_budget() -> None:
