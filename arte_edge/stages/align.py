@@ -236,13 +236,13 @@ def elicit_drafts(teacher: ChatModel, task: Task, seeds: Sequence[Item], cfg: Ar
         index = 0
         while sum(r["ok"] for r in done.values()) < cfg.n_drafts and index < 3 * cfg.n_drafts:
             window = range(index, min(index + TEACHER_WINDOW, 3 * cfg.n_drafts))
-            todo = [i for i in window if stable_id("arte/draft", tag, i, seed, cfg.question_temperature) not in done]
+            todo = [i for i in window if _draft_id(tag, i, cfg, seed) not in done]
             completions = chat_seeded(teacher, [messages] * len(todo), params, [seed * 100_003 + i for i in todo])
             rows, n_ok = [], sum(r["ok"] for r in done.values())
             for i, c in zip(todo, completions, strict=True):
                 if n_ok >= cfg.n_drafts:  # as a one-at-a-time run would: nothing past the m-th usable draft
                     break
-                rid = stable_id("arte/draft", tag, i, seed, cfg.question_temperature)
+                rid = _draft_id(tag, i, cfg, seed)
                 item, why = read_draft(task, c.text, f"{task.name}/arte-{rid}") if c.ok else (None, "")
                 rows.append({"id": rid, "index": i, "ok": item is not None, "text": c.text,
                              "question": item.question if item else None, "key": item.answer if item else None,
@@ -254,6 +254,10 @@ def elicit_drafts(teacher: ChatModel, task: Task, seeds: Sequence[Item], cfg: Ar
             index = window.stop
     drafts = sorted(done.values(), key=lambda r: r["index"])
     return [d for d in drafts if d["ok"]][: cfg.n_drafts] + [d for d in drafts if not d["ok"]]
+
+
+def _draft_id(tag: str, index: int, cfg: ArteConfig, seed: int) -> str:
+    return stable_id("arte/draft", tag, index, seed, cfg.question_temperature)
 
 
 def elicit_rationales(teacher: ChatModel, task: Task, drafts: Sequence[dict[str, Any]], cfg: ArteConfig,
