@@ -461,17 +461,17 @@ def test_bare_jsonl_infers_kind(tmp_path: Path) -> None:
     ("Question: Which gas do plants take in?\nA. oxygen\nB. carbon dioxide\nAnswer: D", False),  # key not listed
 ])
 def test_drafted_multiple_choice_questions_need_their_choices(draft: str, usable: bool) -> None:
-    from arte_edge.methods.standard import parse_draft
+    from arte_edge.methods.standard import read_draft
 
     task = get_task("arc_easy")
-    item = parse_draft(task, draft, "arc_easy/draft")
-    assert (item is not None) == usable
+    item, why = read_draft(task, draft, "arc_easy/draft")
+    assert (item is not None) == usable and (why == "") == usable
     if usable:
         assert item.answer == "B" and item.question.endswith("C. helium")
 
 
 def test_drafted_numeric_questions_need_only_a_number() -> None:
-    from arte_edge.methods.standard import parse_draft
+    from arte_edge.methods.standard import read_draft
 
-    item = parse_draft(get_task("gsm8k"), "Question: Tom has 3 apples and buys 4. How many now?\nAnswer: 7", "g/d")
+    item, _ = read_draft(get_task("gsm8k"), "Question: Tom has 3 apples and buys 4. How many now?\nAnswer: 7", "g/d")
     assert item is not None and item.answer == "7"

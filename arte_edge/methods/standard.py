@@ -46,12 +46,6 @@ class GenerationSettings:
 ANSWER_FOLLOWUP = "Now write only your final answer line, exactly in the form 'Answer: <answer>'."
 
 
-def answer_with_teacher(teacher: ChatModel, task: Task, item: Item, settings: GenerationSettings,
-                        record_id: str, extra_meta: dict[str, Any] | None = None) -> Outcome:
-    """Ask the teacher to answer ``item``; accept the completion only if the checker passes it."""
-    return answer_window(teacher, task, [(record_id, item, extra_meta or {})], settings)[0]
-
-
 def answer_window(teacher: ChatModel, task: Task, jobs: Sequence[tuple[str, Item, dict[str, Any]]],
                   settings: GenerationSettings) -> list[Outcome]:
     """Answer every ``(record_id, item, extra_meta)`` job with batched teacher calls; one Outcome each.
@@ -118,14 +112,9 @@ def draft_messages(task: Task, seeds: Sequence[Item], rng: random.Random) -> lis
             {"role": "user", "content": user}]
 
 
-def parse_draft(task: Task, text: str, item_id: str) -> Item | None:
-    """A drafted question and its key as an Item, or None when the draft is not usable (no key, a stub of a
-    question, or what the task rejects, e.g. a multiple-choice question without its choices)."""
-    return read_draft(task, text, item_id)[0]
-
-
 def read_draft(task: Task, text: str, item_id: str) -> tuple[Item | None, str]:
-    """:func:`parse_draft` with the reason a draft is unusable ("" when it is usable)."""
+    """A drafted question and its key as an Item, or None with the reason the draft is unusable (no key, a stub
+    of a question, or what the task rejects, e.g. a multiple-choice question without its choices)."""
     key = task.extract_answer(text)
     question = rationale_of(text).removeprefix("Question:").strip()
     if not key:

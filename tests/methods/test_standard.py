@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from arte_edge.backends.base import Completion, Message, SamplingParams
-from arte_edge.methods.standard import ANSWER_FOLLOWUP, GenerationSettings, answer_with_teacher
+from arte_edge.methods.standard import ANSWER_FOLLOWUP, GenerationSettings, answer_window
 from arte_edge.tasks import Item, get_task
 from tests.test_pipeline import ARITH
 
@@ -42,7 +42,7 @@ def test_missing_answer_line_is_rescued_by_one_followup() -> None:
     task = get_task(str(ARITH))
     item = _item_with_answer(task, "7")
     teacher = ScriptedTeacher("3 plus 4 makes seven.")
-    outcome = answer_with_teacher(teacher, task, item, _settings(), "id1")
+    outcome = answer_window(teacher, task, [("id1", item, {})], _settings())[0]
     assert outcome.example is not None, outcome.rejected
     assert len(teacher.seen) == 2 and teacher.seen[1][-2] == {"role": "assistant", "content": "3 plus 4 makes seven."}
     assert outcome.example["messages"][-1]["content"] == "3 plus 4 makes seven.\nAnswer: 7"
@@ -52,7 +52,8 @@ def test_missing_answer_line_is_rescued_by_one_followup() -> None:
 def test_followup_with_wrong_answer_is_rejected_and_counted() -> None:
     task = get_task(str(ARITH))
     item = _item_with_answer(task, "7")
-    outcome = answer_with_teacher(ScriptedTeacher("Seven-ish.", followup="Answer: 8"), task, item, _settings(), "id2")
+    teacher = ScriptedTeacher("Seven-ish.", followup="Answer: 8")
+    outcome = answer_window(teacher, task, [("id2", item, {})], _settings())[0]
     assert outcome.example is None and outcome.rejected["meta"]["teacher_calls"] == 2
     assert "Answer: 8" in outcome.rejected["completion"]
 
@@ -62,7 +63,7 @@ def test_truncated_or_disabled_gets_no_followup() -> None:
     item = _item_with_answer(task, "7")
     for teacher, settings in ((ScriptedTeacher("and so on and", finish="length"), _settings()),
                               (ScriptedTeacher("3 plus 4 makes seven."), _settings(followup=False))):
-        outcome = answer_with_teacher(teacher, task, item, settings, "id3")
+        outcome = answer_window(teacher, task, [("id3", item, {})], settings)[0]
         assert outcome.example is None and len(teacher.seen) == 1
 
 
@@ -70,7 +71,7 @@ def test_answer_present_needs_no_followup() -> None:
     task = get_task(str(ARITH))
     item = _item_with_answer(task, "7")
     teacher = ScriptedTeacher("3 + 4 = 7.\nAnswer: 7")
-    outcome = answer_with_teacher(teacher, task, item, _settings(), "id4")
+    outcome = answer_window(teacher, task, [("id4", item, {})], _settings())[0]
     assert outcome.example is not None and len(teacher.seen) == 1
 
 
