@@ -131,6 +131,8 @@ class VariantsConfig(_Section):
     enabled: bool = Field(True, description="Train and evaluate the extra datasets a method writes "
                           "(data/variants/<name>/examples.jsonl) with the same train settings.")
     include: list[str] | None = Field(None, description="Only these variant names (default: all the method wrote).")
+    evaluate: bool = Field(True, description="Score each variant on the recipe's eval split (fp32, like the merged "
+                           "student). A method with its own held-out table (persd) may turn this off to save time.")
 
 
 class Recipe(_Section):

@@ -293,3 +293,63 @@ def test_kill_during_align_preference_collection_then_resume_equals_clean(tmp_pa
 
     assert by_id(run_dir) == by_id(tmp_path / "clean") and len(by_id(run_dir)) == n_rationales
     assert read_jsonl(run_dir / "align" / "pairs.jsonl") == read_jsonl(tmp_path / "clean" / "align" / "pairs.jsonl")
+
+
+def test_variants_stage_trains_every_variant_and_can_skip_the_generic_evaluation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from arte_edge import models
+    from arte_edge.backends import hf
+    from arte_edge.config import validate_recipe
+    from arte_edge.rundir import RunDir
+    from arte_edge.stages import merge, train, variants
+    from arte_edge.stages.context import StageContext
+
+    recipe = validate_recipe({"name": "v", "task": str(ARITH), "teacher": {"model": "t"}, "student": {"model": "s"},
+                              "splits": {"seeds": 2, "train_pool": 10, "eval": 10}, "variants": {"evaluate": False}},
+                             "test")
+    ctx = StageContext(recipe, RunDir(tmp_path))
+    for name, n in (("stand", 3), ("inpd", 2)):
+        folder = tmp_path / "data" / "variants" / name
+        folder.mkdir(parents=True)
+        rows = [{"id": f"{name}{i}", "messages": [], "meta": {"teacher_calls": 2}} for i in range(n)]
+        (folder / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trained: list[int] = []
+    monkeypatch.setattr(models, "hf_folder", lambda spec: tmp_path / "base")
+    monkeypatch.setattr(train, "train_adapter", lambda base, rows, out, *a: trained.append(len(rows)))
+    monkeypatch.setattr(merge, "merge_adapter",
+                        lambda base, adapter, merged, threads: (merged.mkdir(parents=True),
+                                                                (merged / "config.json").write_text("{}")))
+
+    def no_fp32_eval(*_a: object, **_k: object) -> None:
+        raise AssertionError("variants.evaluate is off: no fp32 evaluation")
+
+    monkeypatch.setattr(hf, "HFChat", no_fp32_eval)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "summary.json").write_text(json.dumps({"base": {"accuracy": 0.1},
+                                                                "variant-stand": {"accuracy": 0.9}}))
+    out = variants.run(ctx)
+    assert sorted(trained) == [2, 3]
+    assert out["variants"] == {"inpd": {"n_train": 2, "teacher_calls": 4}, "stand": {"n_train": 3, "teacher_calls": 6}}
+    # an accuracy from an earlier run with evaluation on must not be reported beside the new dataset
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text()) == {"base": {"accuracy": 0.1}}
+
+
+@pytest.mark.parametrize(("n_rows", "batch", "accum", "epochs", "warmup"),
+                         [(4, 4, 1, 2, 0), (12, 4, 1, 2, 0), (400, 4, 1, 1, 10), (401, 4, 1, 1, 10), (64, 2, 4, 3, 2)])
+def test_sft_warmup_rounds_down_so_short_runs_train_from_the_first_step(
+        tmp_path: Path, n_rows: int, batch: int, accum: int, epochs: int, warmup: int) -> None:
+    from arte_edge.config import TrainConfig
+    from arte_edge.stages.train import sft_config, warmup_steps
+
+    assert warmup_steps(n_rows, batch, accum, epochs) == warmup
+    cfg = TrainConfig(batch_size=batch, grad_accum=accum, epochs=epochs)
+    assert sft_config(cfg, tmp_path, 0, n_rows).warmup_steps == warmup
+
+
+def test_sft_warmup_counts_the_steps_of_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from arte_edge.stages.train import rows_per_process, warmup_steps
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # accelerate launch: each process sees half the rows
+    assert rows_per_process(401) == 201 and warmup_steps(rows_per_process(400), 4, 1, 1) == 5
+    monkeypatch.delenv("WORLD_SIZE")
+    assert rows_per_process(401) == 401

@@ -446,6 +446,16 @@ def normalize_qtype(qtype: str) -> str:
     return name
 
 
+def check_gguf_type(value: str | None) -> str | None:
+    """Config validator: the canonical lower-case name of a GGUF type (``Q8-0`` → ``q8_0``), None kept, else
+    ValueError."""
+    if value is None:
+        return None
+    if value.strip().upper().replace("-", "_") not in QUANT_TYPES:
+        raise ValueError(f"unknown GGUF type {value!r}; choose one of {', '.join(QUANT_TYPES).lower()}")
+    return normalize_qtype(value).lower()
+
+
 @contextmanager
 def _capture_llama_log() -> Iterator[list[str]]:
     """Collect llama.cpp's log lines (the quantizer reports fallbacks only there), then restore the default."""
@@ -842,6 +852,36 @@ def _imatrix_entries(path: Path) -> tuple[Any, list[Any]]:
 def artifact_name(name: str, qtype: str) -> str:
     """File name of one artifact: ``<name>.<qtype lower>.gguf``."""
     return f"{name}.{qtype.lower()}.gguf"
+
+
+def source_record(hf_dir: str | Path) -> dict[str, Any]:
+    """What identifies an HF folder's weights for caching: its resolved path and each file's size and mtime."""
+    folder = Path(hf_dir).resolve()
+    return {"hf_dir": str(folder), "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns]
+                                             for p in sorted(folder.iterdir()) if p.is_file()}}
+
+
+def cached_gguf(hf_dir: str | Path, out_dir: str | Path, qtype: str, name: str, progress: Progress | None = None,
+                *, verify: bool = True, threads: int | None = None) -> Path:
+    """``out_dir/<name>.<qtype>.gguf`` exported from ``hf_dir`` (verified unless ``verify=False``), reused only
+    while ``<name>.<qtype>.source.json`` says it came from this very folder (same files, sizes and mtimes) with
+    at least this much verification: a retrained or different model is exported again."""
+    final = Path(out_dir) / artifact_name(name, normalize_qtype(qtype))
+    record_path = final.with_name(final.name.removesuffix(".gguf") + ".source.json")
+    wanted = {**source_record(hf_dir), "verified": verify}
+    try:
+        done = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        done = {}
+    reusable = (final.exists() and done.get("hf_dir") == wanted["hf_dir"] and done.get("files") == wanted["files"]
+                and (done.get("verified") or not verify))
+    if not reusable:
+        record_path.unlink(missing_ok=True)
+        export_gguf(hf_dir, out_dir, [qtype], name, progress, verify=verify, threads=threads)
+        tmp = record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(wanted, indent=1))
+        os.replace(tmp, record_path)
+    return final
 
 
 def export_gguf(

@@ -103,8 +103,6 @@ class ArteConfig(BaseModel):
     @field_validator("teacher_quant", "student_quant")
     @classmethod
     def _known_gguf_type(cls, value: str | None) -> str | None:
-        from arte_edge.export.gguf import QUANT_TYPES
+        from arte_edge.export.gguf import check_gguf_type
 
-        if value is not None and value.strip().upper().replace("-", "_") not in QUANT_TYPES:
-            raise ValueError(f"unknown GGUF type {value!r}; choose one of {', '.join(QUANT_TYPES).lower()}")
-        return value
+        return check_gguf_type(value)

@@ -728,6 +728,7 @@ class StrategyRun:
             return
         if old != self.env.base_dir and old.name == "merged" and old.is_relative_to(self.dir):
             shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(quantized_dir(old), ignore_errors=True)
 
 
 def run_loop(env: LoopEnv, strategies: Sequence[Strategy]) -> dict[str, dict[str, Any]]:
@@ -876,15 +877,31 @@ def default_trainer(base_dir: Path, recipe: Any) -> Trainer:
     return train
 
 
-def default_opener(threads: int) -> StudentOpener:
-    """Open a student folder with transformers (the same fp32 path as the evaluate stage)."""
+def default_opener(threads: int, quant: str | None = None, root: Path | None = None, n_ctx: int = 2048,
+                   verify: bool = True) -> StudentOpener:
+    """Open a student folder with transformers (fp32, as the evaluate stage), or with ``quant`` as a GGUF in
+    llama.cpp: exported once to ``<folder>-gguf/`` (the base student, outside the run, to ``root/elad/base/gguf``)."""
 
     def open_student(model_dir: Path) -> ChatModel:
-        from arte_edge.backends.hf import HFChat
+        if quant is None:
+            from arte_edge.backends.hf import HFChat
 
-        return HFChat(model_dir, threads=threads)
+            return HFChat(model_dir, threads=threads)
+        from arte_edge.backends.llamacpp import LlamaCppChat
+        from arte_edge.export.gguf import cached_gguf
+        from arte_edge.progress import log
+
+        inside = root is not None and model_dir.resolve().is_relative_to(root.resolve())
+        out_dir = quantized_dir(model_dir) if inside or root is None else root / "elad" / "base" / "gguf"
+        path = cached_gguf(model_dir, out_dir, quant, "student", log, verify=verify, threads=threads)
+        return LlamaCppChat(path, threads=threads, n_ctx=n_ctx, name=f"{model_dir.parent.name}/{model_dir.name}")
 
     return open_student
+
+
+def quantized_dir(model_dir: Path) -> Path:
+    """Where the GGUF of a round's merged student goes (removed with it under ``keep_models: last``)."""
+    return model_dir.parent / f"{model_dir.name}-gguf"
 
 
 def _setup_text(ctx: StageContext, env: LoopEnv) -> str:
@@ -895,13 +912,16 @@ def _setup_text(ctx: StageContext, env: LoopEnv) -> str:
     val = (f"validation = the `preference` split (n={len(env.val_items)})" if env.val_items
            else "validation split empty: the rule watches held-out accuracy (biases the last point)")
     cand = cfg.candidates_per_round or "all remaining"
+    runtime = (f"as a GGUF {cfg.student_quant.upper()} in llama.cpp" if cfg.student_quant
+               else "in fp32 (torch)")
     return (f"Task **{ctx.task.name}**, student `{recipe.student.model}`, teacher `{recipe.teacher.model}`. Budget "
             f"B = {cfg.budget} teacher calls per strategy, up to R = {cfg.rounds} rounds of b = {cfg.batch_size} "
             f"questions from a pool of {len(env.pool)}; {cand} candidates scored per round; EGSS λ = {cfg.lambda_} "
             f"(intra: {cfg.intra_measure} over ≤ {cfg.max_prefixes} step prefixes; inter: entropy of "
             f"N = {cfg.n_samples} samples at T = {cfg.sample_temperature}). Revisions checked by {checker}; parse "
             f"failures and still-wrong revisions are counted and dropped. The student is re-trained from the base "
-            f"each round on all data kept so far. Held-out n = {len(env.eval_items)}, accuracy with 95% Wilson "
+            f"each round on all data kept so far; it runs {runtime}. Held-out n = {len(env.eval_items)}, accuracy "
+            "with 95% Wilson "
             f"interval. Stopping: {cfg.stop_metric}, patience {cfg.patience}, min Δ {cfg.min_delta_pt} pt; {val}.")
 
 
@@ -950,7 +970,9 @@ def generate_datasets(ctx: StageContext, *, teacher: ChatModel | None = None,
         annotator = Annotator(teacher, ctx.task, cfg, resolve_checker(cfg, pool), recipe.teacher.model, recipe.seed)
         env = LoopEnv(root=ctx.run.root, task=ctx.task, cfg=cfg, pool=pool, eval_items=eval_items,
                       val_items=val_items, base_dir=base_dir, annotator=annotator,
-                      open_student=open_student or default_opener(recipe.evaluate.threads),
+                      open_student=open_student or default_opener(
+                          recipe.evaluate.threads, cfg.student_quant, ctx.run.root, recipe.student.n_ctx,
+                          recipe.export.verify),
                       train=trainer or default_trainer(base_dir, recipe),
                       eval_params=eval_params(ctx.task, recipe.evaluate.max_tokens), seed=recipe.seed)
         strategies = strategies_for(cfg)

@@ -55,6 +55,18 @@ class PersdConfig(BaseModel):
     eval_batch_size: int = Field(8, ge=1, description="Conversations per chat_batch call at evaluation.")
     eval_variants: bool = Field(True, description="Also evaluate each variant's merged student (after the "
                                 "variants stage) on eval_task.")
+    eval_quant: str | None = Field(
+        None, description="Score the base student, the PERsD student and each variant as a GGUF of this type "
+        "(e.g. q8_0) in llama.cpp, the runtime that ships; on a 2-core CPU ~3x faster than fp32 torch. The merged "
+        "student reuses the export stage's file of that type; the others are exported and verified once into "
+        "eval/persd/models/. None: those three in fp32 (torch). Other exported artifacts: their own runtime.")
+
+    @field_validator("eval_quant")
+    @classmethod
+    def _known_gguf_type(cls, value: str | None) -> str | None:
+        from arte_edge.export.gguf import check_gguf_type
+
+        return check_gguf_type(value)
 
     @field_validator("variants")
     @classmethod

@@ -118,10 +118,14 @@ class HeldoutSettings:
     error_tests: int = 1
     batch_size: int = 8
     seed: int = 0
+    quant: str | None = None  # GGUF type of the base/merged/variant students (None: fp32 torch)
 
     @property
     def fingerprint(self) -> str:
-        return stable_id("persd/heldout", asdict(self))
+        keys = asdict(self)
+        if keys["quant"] is None:  # rows cached before the key existed stay valid
+            del keys["quant"]
+        return stable_id("persd/heldout", keys)
 
     def greedy(self, stop_regex: str | None = None) -> SamplingParams:
         return SamplingParams(max_tokens=self.max_tokens, temperature=0.0, seed=self.seed, stop_regex=stop_regex)
@@ -201,12 +205,17 @@ def _score_batch(model: ChatModel, task: Task, batch: Sequence[Item], s: Heldout
     return rows
 
 
+def cached_heldout_rows(out_path: Path, s: HeldoutSettings) -> dict[str, dict[str, Any]]:
+    """``{item_id: row}`` already scored in ``out_path`` with these settings."""
+    return {r["item_id"]: r for r in read_jsonl(out_path) if r.get("settings") == s.fingerprint}
+
+
 def evaluate_heldout_model(model: ChatModel, task: Task, items: Sequence[Item], out_path: Path,
                            s: HeldoutSettings, label: str = "") -> list[dict[str, Any]]:
     """Score ``model`` on ``items`` (greedy, multi-step, n samples); rows already cached are reused."""
     from arte_edge.progress import progress
 
-    rows = {r["item_id"]: r for r in read_jsonl(out_path) if r.get("settings") == s.fingerprint}
+    rows = cached_heldout_rows(out_path, s)
     todo = [item for item in items if item.id not in rows]
     appender = JsonlAppender(out_path)
     with progress(f"persd held-out {label}", len(items)) as advance:
@@ -250,7 +259,7 @@ def heldout_settings(ctx: StageContext) -> HeldoutSettings:
                            sample_temperature=cfg.sample_temperature, top_p=cfg.top_p,
                            max_tokens=cfg.eval_max_tokens, timeout_s=cfg.test_timeout_s,
                            error_max_chars=cfg.error_max_chars, error_tests=cfg.error_tests,
-                           batch_size=cfg.eval_batch_size, seed=ctx.recipe.seed)
+                           batch_size=cfg.eval_batch_size, seed=ctx.recipe.seed, quant=cfg.eval_quant)
 
 
 def heldout_items(ctx: StageContext) -> tuple[Task, list[Item]]:
@@ -268,18 +277,27 @@ def heldout_items(ctx: StageContext) -> tuple[Task, list[Item]]:
 
 
 def models_to_score(ctx: StageContext, include_variants: bool) -> list[tuple[str, Callable[[], ChatModel]]]:
-    """(name, opener) for the base student, the merged student, each exported artifact, and each variant."""
+    """(name, opener) for the base student, the merged student, each exported artifact, and each variant.
+
+    With ``persd.eval_quant`` the base, merged and variant students are opened as GGUFs of that type (exported
+    on first use; the exported artifact of that type is the merged row), and every other exported artifact keeps
+    its own runtime.
+    """
     from arte_edge.artifacts import list_artifacts, open_artifact
 
-    threads = ctx.recipe.evaluate.threads
-    out: list[tuple[str, Callable[[], ChatModel]]] = [
-        (a.name, lambda a=a: open_artifact(a, ctx.run.root, threads=threads))
-        for a in list_artifacts(ctx, include_base=ctx.recipe.evaluate.include_base)]
+    threads, quant = ctx.recipe.evaluate.threads, ctx.recipe.persd.eval_quant
+    out: list[tuple[str, Callable[[], ChatModel]]] = []
+    for a in list_artifacts(ctx, include_base=ctx.recipe.evaluate.include_base):
+        if quant and a.format == "hf":
+            out.append((a.name, lambda a=a: _open_quantized(ctx, a.resolve(ctx.run.root), a.name)))
+        elif not (quant and a.format == "gguf" and a.quant == quant):
+            out.append((a.name, lambda a=a: open_artifact(a, ctx.run.root, threads=threads)))
     if include_variants and ctx.recipe.persd.eval_variants:
         for name in ctx.recipe.persd.variants:
             folder = ctx.run.root / "student" / "variants" / name / "merged"
             if (folder / "config.json").exists():
-                out.append((f"variant-{name}", lambda f=folder, n=name: _open_hf(f, threads, f"variant-{n}")))
+                out.append((f"variant-{name}", lambda f=folder, n=name: _open_quantized(ctx, f, f"variant-{n}")
+                            if quant else _open_hf(f, threads, f"variant-{n}")))
     return out
 
 
@@ -289,12 +307,44 @@ def _open_hf(folder: Path, threads: int, name: str) -> ChatModel:
     return HFChat(folder, threads=threads, name=name)
 
 
+def _open_quantized(ctx: StageContext, folder: Path, name: str) -> ChatModel:
+    """``folder`` (an HF model) as a ``persd.eval_quant`` GGUF in llama.cpp. The merged student reuses the export
+    stage's verified file of that type when it is newer than the merged folder; the others (and a stale merged
+    one) are exported to ``eval/persd/models/``."""
+    from arte_edge.artifacts import read_exported
+    from arte_edge.backends.llamacpp import LlamaCppChat
+    from arte_edge.export.gguf import cached_gguf
+    from arte_edge.progress import log
+
+    quant = str(ctx.recipe.persd.eval_quant)
+    shipped = {a.name: a for a in read_exported(ctx.run.root)}.get(f"gguf-{quant}")
+    if name == "merged" and shipped is not None and _newer_than_folder(shipped.resolve(ctx.run.root), folder):
+        path = shipped.resolve(ctx.run.root)
+    else:
+        path = cached_gguf(folder, ctx.run.path("eval", "persd", "models", ".keep").parent, quant, name, log,
+                           verify=ctx.recipe.export.verify, threads=ctx.recipe.evaluate.threads)
+    return LlamaCppChat(path, threads=ctx.recipe.evaluate.threads, n_ctx=ctx.recipe.student.n_ctx, name=name,
+                        batch_size=ctx.recipe.persd.eval_batch_size)
+
+
+def _newer_than_folder(path: Path, folder: Path) -> bool:
+    newest = max((p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()), default=0)
+    return path.exists() and path.stat().st_mtime_ns >= newest
+
+
 def heldout_evaluation(ctx: StageContext, include_variants: bool = True) -> dict[str, Any]:
-    """Score every available model of the run on the held-out task and write the report section."""
+    """Score every available model of the run on the held-out task and write the report section.
+
+    A model whose rows are all cached is not opened (nor exported) again.
+    """
     task, items = heldout_items(ctx)
     s = heldout_settings(ctx)
     results: dict[str, list[dict[str, Any]]] = {}
     for name, opener in models_to_score(ctx, include_variants):
+        cached = cached_heldout_rows(ctx.run.path("eval", "persd", f"{name}.jsonl"), s)
+        if all(item.id in cached for item in items):
+            results[name] = [cached[item.id] for item in items]
+            continue
         model = opener()
         try:
             results[name] = evaluate_heldout_model(model, task, items, ctx.run.path("eval", "persd", f"{name}.jsonl"),
@@ -331,10 +381,14 @@ def render_section(task_name: str, s: HeldoutSettings, summary: dict[str, dict[s
                    costs: dict[str, dict[str, Any]]) -> str:
     """The Markdown section: model × pass@1 {greedy, greedy + multi-step, n-sample}, then teacher cost."""
     n = max((v["n_items"] for v in summary.values()), default=0)
+    runtime = (f"base, merged and variant students as GGUF {s.quant.upper()} in llama.cpp" if s.quant
+               else "base, merged and variant students in fp32 (torch)") + "; other artifacts on their own runtime"
     lines = [f"## PERsD: held-out pass@1 on {task_name}", "",
-             f"n = {n} items; greedy with 95% Wilson interval; multi-step = up to {s.rounds} self-repair rounds on "
-             f"the visible tests, scored on the hidden tests; n-sample = unbiased pass@1 from {s.n_samples} samples "
-             f"at T={s.sample_temperature}. McNemar p is paired against the base student (greedy).", "",
+             f"n = {n} items ({runtime}); greedy with 95% Wilson interval; multi-step = up to {s.rounds} "
+             "self-repair rounds on the visible tests, scored on the hidden tests; "
+             + (f"n-sample = unbiased pass@1 from {s.n_samples} samples at T={s.sample_temperature}" if s.n_samples
+                else "n-sample pass@1 not run (persd.pass_k_samples: 0)")
+             + ". McNemar p is paired against the base student (greedy).", "",
              "| model | pass@1 greedy % | 95% CI | greedy + multi-step % | mean rounds | "
              f"pass@1 n={s.n_samples} % | McNemar p vs base |",
              "|---|---:|---|---:|---:|---:|---:|"]

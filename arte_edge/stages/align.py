@@ -370,15 +370,17 @@ def rationale_pairs(task: Task, drafts: Sequence[dict[str, Any]], rationales: Se
 
 # ======================================================================================= step 4: DPO
 def dpo_warmup_steps(cfg: ArteConfig, n_pairs: int) -> int:
-    """Warm-up optimizer steps: the ratio of the run's steps, rounded down.
+    """Warm-up optimizer steps of the DPO run (the ratio of its steps, rounded down: see train.warmup_steps)."""
+    from arte_edge.stages.train import warmup_steps
 
-    Rounded up (what a fractional ``warmup_steps`` gives), a run of fewer than 10 steps spends its first step
-    at learning rate 0, and a one-step run (a handful of pairs) never updates the teacher at all.
-    """
-    import math
+    micro, accum = dpo_batches(cfg)
+    return warmup_steps(n_pairs, micro, accum, cfg.dpo_epochs, cfg.dpo_warmup_ratio)
 
-    steps = math.ceil(math.ceil(n_pairs / cfg.dpo_batch_size) * cfg.dpo_epochs)
-    return int(cfg.dpo_warmup_ratio * steps)
+
+def dpo_batches(cfg: ArteConfig) -> tuple[int, int]:
+    """(pairs per forward pass, accumulation steps) that make one optimizer step of ``dpo_batch_size`` pairs."""
+    micro = min(cfg.dpo_micro_batch, cfg.dpo_batch_size)
+    return micro, max(1, cfg.dpo_batch_size // micro)
 
 
 def dpo_config(cfg: ArteConfig, output_dir: Path, seed: int, n_pairs: int):
@@ -387,10 +389,10 @@ def dpo_config(cfg: ArteConfig, output_dir: Path, seed: int, n_pairs: int):
     from trl import DPOConfig
 
     cuda = torch.cuda.is_available()
-    micro = min(cfg.dpo_micro_batch, cfg.dpo_batch_size)
+    micro, accum = dpo_batches(cfg)
     return DPOConfig(
         output_dir=str(output_dir), learning_rate=cfg.dpo_lr, per_device_train_batch_size=micro,
-        gradient_accumulation_steps=max(1, cfg.dpo_batch_size // micro), num_train_epochs=cfg.dpo_epochs,
+        gradient_accumulation_steps=accum, num_train_epochs=cfg.dpo_epochs,
         lr_scheduler_type="cosine", warmup_steps=dpo_warmup_steps(cfg, n_pairs), beta=cfg.dpo_beta,
         loss_type=["sigmoid"],
         max_length=cfg.dpo_max_length, bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,
@@ -521,14 +523,10 @@ def student_scorer(ctx: StageContext) -> tuple[DemoScorer, dict[str, Any]]:
 def student_in_quant(ctx: StageContext, qtype: str) -> Path:
     """The student exported from its HF folder to GGUF ``qtype`` (verified), cached in ``align/student/``."""
     from arte_edge import models
-    from arte_edge.export.gguf import artifact_name, export_gguf, normalize_qtype
+    from arte_edge.export.gguf import cached_gguf
 
-    work = ctx.run.path("align", "student", ".keep").parent
-    final = work / artifact_name("student", normalize_qtype(qtype))
-    if not final.exists():
-        export_gguf(models.hf_folder(ctx.recipe.student.model), work, [qtype], "student", progress=log,
-                    verify=ctx.recipe.arte.verify_export, threads=ctx.recipe.student.threads)
-    return final
+    return cached_gguf(models.hf_folder(ctx.recipe.student.model), ctx.run.path("align", "student", ".keep").parent,
+                       qtype, "student", log, verify=ctx.recipe.arte.verify_export, threads=ctx.recipe.student.threads)
 
 
 def gguf_scorer(path: Path, ctx: StageContext, params: SamplingParams) -> DemoScorer:

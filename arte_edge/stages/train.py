@@ -54,8 +54,28 @@ def load_student(model_dir: Path, cfg: TrainConfig):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=torch.cuda.is_available())
 
 
-def sft_config(cfg: TrainConfig, output_dir: Path, seed: int):
-    """TRL SFTConfig for this recipe; CPU-safe precision settings."""
+def warmup_steps(n_rows: int, micro_batch: int, grad_accum: int, epochs: float, ratio: float = 0.1) -> int:
+    """Warm-up optimizer steps: ``ratio`` of the run's optimizer steps, rounded down.
+
+    Rounded up (what a fractional ``warmup_steps`` gives in transformers), a run of fewer than 10 steps spends its
+    first step at learning rate 0, and a one-step run (a handful of examples) never updates the model at all.
+    """
+    import math
+
+    steps_per_epoch = math.ceil(math.ceil(n_rows / micro_batch) / grad_accum)
+    return int(ratio * math.ceil(steps_per_epoch * epochs))
+
+
+def rows_per_process(n_rows: int) -> int:
+    """Rows one training process sees (``accelerate launch`` shards the data over ``WORLD_SIZE`` processes)."""
+    import math
+    import os
+
+    return math.ceil(n_rows / max(1, int(os.environ.get("WORLD_SIZE", "1"))))
+
+
+def sft_config(cfg: TrainConfig, output_dir: Path, seed: int, n_rows: int):
+    """TRL SFTConfig for this recipe (10% warm-up, then cosine); CPU-safe precision settings."""
     import torch
     from trl import SFTConfig
 
@@ -63,7 +83,9 @@ def sft_config(cfg: TrainConfig, output_dir: Path, seed: int):
     return SFTConfig(
         output_dir=str(output_dir), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, lr_scheduler_type="cosine",
-        warmup_steps=0.1, logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
+        warmup_steps=warmup_steps(rows_per_process(n_rows), cfg.batch_size, cfg.grad_accum, cfg.epochs),
+        logging_steps=1,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
         bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False, activation_checkpointing=False,
         max_length=cfg.max_length, completion_only_loss=True, packing=False, report_to=[], seed=seed,
         dataloader_num_workers=0, use_cpu=not cuda, disable_tqdm=True, save_only_model=False,
@@ -91,7 +113,7 @@ def train_adapter(base_dir: Path, examples: list[dict[str, Any]], out_dir: Path,
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = load_student(base_dir, cfg)
     dataset = Dataset.from_list(to_prompt_completion(examples))
-    trainer = SFTTrainer(model=model, args=sft_config(cfg, work_dir, seed), train_dataset=dataset,
+    trainer = SFTTrainer(model=model, args=sft_config(cfg, work_dir, seed, len(dataset)), train_dataset=dataset,
                          processing_class=tokenizer, peft_config=None if cfg.mode == "full" else lora_config(cfg))
     resume = last_checkpoint(work_dir)
     if resume:

@@ -2,8 +2,8 @@
 
 A method writes its main dataset to ``data/examples.jsonl`` (trained, merged, exported and benchmarked by the
 main stages) and each comparison dataset to ``data/variants/<name>/examples.jsonl``. Here each of those gets
-the same LoRA recipe, a merge, and the same held-out evaluation (fp32), so the report compares training data
-and nothing else. Finished variants are skipped on resume.
+the same LoRA recipe, a merge, and (unless ``variants.evaluate`` is off) the same held-out evaluation (fp32), so
+the report compares training data and nothing else. Finished variants are skipped on resume.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def _teacher_cost(rows: list[dict[str, Any]], meta_path: Path) -> int:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    """Train → merge → evaluate every variant dataset; results go to eval/summary.json as variant-<name>."""
+    """Train → merge → evaluate (unless ``variants.evaluate`` is off) every variant dataset; results go to
+    eval/summary.json as variant-<name>."""
     from arte_edge import models
     from arte_edge.backends.hf import HFChat
     from arte_edge.stages.evaluate import eval_params, evaluate_model, summarise
@@ -56,6 +57,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if not (merged / "config.json").exists():
             train_adapter(base_dir, rows, work / "adapter", ctx.recipe.train, ctx.recipe.seed, work / "checkpoints")
             merge_adapter(base_dir, work / "adapter", merged, ctx.recipe.train.threads)
+        out[name] = {"n_train": len(rows), "teacher_calls": _teacher_cost(rows, path.parent / "cost.json")}
+        if not ctx.recipe.variants.evaluate:
+            _forget_accuracy(summary_path, f"variant-{name}")  # a score of an earlier run must not sit beside it
+            continue
         model = HFChat(merged, threads=ctx.recipe.evaluate.threads, name=f"variant-{name}")
         try:
             results = evaluate_model(model, ctx.task, items, ctx.run.path("eval", f"variant-{name}.jsonl"), params,
@@ -68,9 +73,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
                            else {f"variant-{name}": results}, "base" if base_rows else None)
         summary[f"variant-{name}"] = scored[f"variant-{name}"]
         atomic_write_json(summary_path, summary)
-        out[name] = {"n_train": len(rows), "teacher_calls": _teacher_cost(rows, path.parent / "cost.json"),
-                     "accuracy": round(summary[f"variant-{name}"]["accuracy"], 4)}
+        out[name]["accuracy"] = round(summary[f"variant-{name}"]["accuracy"], 4)
     return {"variants": out, **_method_after_variants(ctx)}
+
+
+def _forget_accuracy(summary_path: Path, key: str) -> None:
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if summary.pop(key, None) is not None:
+        atomic_write_json(summary_path, summary)
 
 
 def _method_after_variants(ctx: StageContext) -> dict[str, Any]:

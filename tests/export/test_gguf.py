@@ -489,3 +489,32 @@ def test_preset_errors_name_the_key(tmp_path: Path) -> None:
         load_export_preset(bad_quant)
     with pytest.raises(ArteError, match="unknown export preset 'nope'"):
         load_export_preset("nope")
+
+
+def test_cached_gguf_reexports_only_for_another_model_or_more_verification(tiny_model_dir: Path, converter: Path,
+                                                                            tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from arte_edge.export.gguf import cached_gguf
+
+    source, other, out = tmp_path / "merged", tmp_path / "other", tmp_path / "out"
+    shutil.copytree(tiny_model_dir, source)
+    shutil.copytree(tiny_model_dir, other)
+
+    def export(folder: Path, verify: bool = False) -> int:
+        path = cached_gguf(folder, out, "Q8_0", "m", verify=verify)
+        assert path == out / "m.q8_0.gguf" and path.exists()
+        return path.stat().st_mtime_ns
+
+    first = export(source)
+    assert export(source) == first  # up to date: reused
+    os.utime(out / "m.q8_0.gguf", ns=(first - 10**10, first - 10**10))  # an older file is still the same export
+    assert export(source) == first - 10**10
+    os.utime(source / "config.json", ns=(first, first))  # the model was retrained (its files changed)
+    second = export(source)
+    assert second != first - 10**10 and export(source) == second
+    third = export(other)  # another model under the same name
+    assert third != second and export(other) == third
+    assert export(other, verify=True) != third  # exported without verification: not good enough now
+    assert (out / "m.q8_0.source.json").exists()

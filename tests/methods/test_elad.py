@@ -372,3 +372,32 @@ def test_cpu_recipe_validates_and_fits_its_budget() -> None:
     assert recipe.method == "elad" and recipe.task == "arc_easy"
     assert cfg.budget == cfg.rounds * cfg.batch_size and cfg.candidates_per_round >= cfg.batch_size
     assert cfg.eval_size is not None and cfg.eval_size <= recipe.splits.eval
+
+
+def test_student_quant_opens_each_student_as_a_cached_gguf(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import shutil
+
+    from arte_edge.backends.llamacpp import LlamaCppChat
+
+    root = tmp_path / "run"
+    merged = root / "elad" / "elad" / "round-1" / "merged"
+    shutil.copytree(tiny_model_dir, merged)
+    open_student = elad.default_opener(1, "q8_0", root, n_ctx=256, verify=False)
+    for folder, expected in ((tiny_model_dir, root / "elad" / "base" / "gguf" / "student.q8_0.gguf"),
+                             (merged, merged.parent / "merged-gguf" / "student.q8_0.gguf")):
+        model = open_student(folder)
+        try:
+            assert isinstance(model, LlamaCppChat) and model.path == expected
+            assert model.chat([{"role": "user", "content": "2 + 2?"}], SamplingParams(max_tokens=4)).completion_tokens
+        finally:
+            model.close()
+    assert not elad.quantized_dir(tiny_model_dir).exists()  # nothing written beside a model outside the run
+
+
+def test_student_quant_must_be_a_gguf_type() -> None:
+    from pydantic import ValidationError
+
+    from arte_edge.methods.elad_config import EladConfig
+
+    with pytest.raises(ValidationError, match="unknown GGUF type"):
+        EladConfig(student_quant="q3")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -449,3 +450,69 @@ def test_teacher_calls_are_batched_and_give_the_same_datasets(tmp_path: Path) ->
     assert teacher.batches == [3, 2, 3, 3, 1]
     for name in ("persd", *persd.ALL_VARIANTS):
         assert dataset(tmp_path / "batched", name) == dataset(tmp_path / "one", name)
+
+
+def test_eval_quant_scores_base_merged_and_variants_as_one_gguf_type(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from arte_edge import artifacts, models
+    from arte_edge.artifacts import Artifact, record_exported
+    from arte_edge.config import validate_recipe
+    from arte_edge.export import gguf
+    from arte_edge.rundir import RunDir
+    from arte_edge.stages.context import StageContext
+
+    recipe = validate_recipe({
+        "name": "p", "task": str(ARITH), "method": "persd", "teacher": {"model": "t"}, "student": {"model": "s"},
+        "persd": {"eval_task": str(ARITH), "eval_quant": "q8_0", "variants": ["stand", "inpd"]}}, "test")
+    ctx = StageContext(recipe, RunDir(tmp_path))
+    for folder in ("student/merged", "student/variants/stand/merged"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "config.json").write_text("{}")
+    for quant in ("q8_0", "q4_k_m"):
+        record_exported(tmp_path, Artifact(f"gguf-{quant}", "gguf", quant, f"artifacts/p.{quant}.gguf"))
+        (tmp_path / "artifacts" / f"p.{quant}.gguf").write_bytes(b"")  # written after the merge: current
+    record_exported(tmp_path, Artifact("onnx-int4", "onnx", "int4", "artifacts/p-onnx-int4"))
+    monkeypatch.setattr(models, "hf_folder", lambda spec: tmp_path / "base-hf")
+    monkeypatch.setattr(artifacts, "disk_size", lambda path: 0)
+    exported: list[tuple[Path, str]] = []
+
+    def fake_cached(folder: Path, out_dir: Path, qtype: str, name: str, *_a: object, **_k: object) -> Path:
+        exported.append((folder, name))
+        return out_dir / f"{name}.{qtype}.gguf"
+
+    opened: dict[str, Path] = {}
+
+    class FakeLlama:
+        def __init__(self, path: Path, *, threads: int, n_ctx: int, name: str, batch_size: int):
+            assert (threads, n_ctx, batch_size) == (recipe.evaluate.threads, recipe.student.n_ctx,
+                                                    recipe.persd.eval_batch_size)
+            opened[name] = path
+
+    import arte_edge.backends.llamacpp as llamacpp
+    monkeypatch.setattr(gguf, "cached_gguf", fake_cached)
+    monkeypatch.setattr(llamacpp, "LlamaCppChat", FakeLlama)
+    listed = persd_eval.models_to_score(ctx, include_variants=True)
+    # other types and formats keep their own runtime; the q8_0 artifact is the merged row itself
+    assert [name for name, _ in listed] == ["base", "merged", "gguf-q4_k_m", "onnx-int4", "variant-stand"]
+    for name, opener in listed:
+        if name in ("base", "merged", "variant-stand"):
+            opener()
+    assert opened["merged"] == tmp_path / "artifacts" / "p.q8_0.gguf"  # the export stage's verified file
+    assert exported == [(tmp_path / "base-hf", "base"),
+                        (tmp_path / "student" / "variants" / "stand" / "merged", "variant-stand")]
+    later = (tmp_path / "artifacts" / "p.q8_0.gguf").stat().st_mtime_ns + 10**9
+    os.utime(tmp_path / "student" / "merged" / "config.json", ns=(later, later))  # re-merged after the export
+    dict(listed)["merged"]()
+    assert exported[-1] == (tmp_path / "student" / "merged", "merged")  # a stale shipped file is not scored
+    s = persd_eval.heldout_settings(ctx)
+    assert s.quant == "q8_0" and s.fingerprint != replace(s, quant=None).fingerprint
+
+
+def test_eval_quant_must_be_a_gguf_type() -> None:
+    from pydantic import ValidationError
+
+    from arte_edge.methods.persd_config import PersdConfig
+
+    assert PersdConfig(eval_quant="Q8-0").eval_quant == "q8_0"  # canonical: file and row names agree
+    with pytest.raises(ValidationError, match="unknown GGUF type 'q9'"):
+        PersdConfig(eval_quant="q9")
