@@ -9,8 +9,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from arte_edge.config import Recipe, recipe_to_dict
-from arte_edge.errors import ArteError
+from arte_edge.config import Recipe, recipe_to_dict, validate_recipe
+from arte_edge.errors import ArteError, ConfigError
 from arte_edge.progress import log, quiet_libraries
 from arte_edge.rundir import STAGES, RunDir
 from arte_edge.stages.context import StageContext
@@ -49,12 +49,21 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
     return keys
 
 
+def _as_current_version(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's recipe re-read by this version: options added since get their defaults, so upgrading
+    arte-edge does not count as a recipe change. Unchanged when it no longer validates (an option was removed)."""
+    try:
+        return recipe_to_dict(validate_recipe(recorded, "manifest"))
+    except ConfigError:
+        return recorded
+
+
 def init_run(recipe: Recipe, run: RunDir, source: str, from_stage: str | None) -> None:
     """Create or re-open the manifest; refuse silent reuse of a run made with a different recipe."""
     manifest = run.read_manifest()
     resolved = recipe_to_dict(recipe)
-    if "recipe" in manifest and manifest["recipe"] != resolved:
-        changed = _changed_keys(manifest["recipe"], resolved)
+    if "recipe" in manifest and _as_current_version(manifest["recipe"]) != resolved:
+        changed = _changed_keys(_as_current_version(manifest["recipe"]), resolved)
         if from_stage is None:
             raise ArteError(f"{run.manifest_path}: the recipe changed since this run started ({', '.join(changed)}); "
                             "pass --from STAGE to redo from a stage, or use a new --run-dir")

@@ -353,3 +353,22 @@ def test_sft_warmup_counts_the_steps_of_one_process(monkeypatch: pytest.MonkeyPa
     assert rows_per_process(401) == 201 and warmup_steps(rows_per_process(400), 4, 1, 1) == 5
     monkeypatch.delenv("WORLD_SIZE")
     assert rows_per_process(401) == 401
+
+
+def test_options_added_by_an_upgrade_are_not_a_recipe_change(tmp_path: Path) -> None:
+    from arte_edge.config import recipe_to_dict, validate_recipe
+    from arte_edge.errors import ArteError
+    from arte_edge.pipeline import init_run
+    from arte_edge.rundir import RunDir
+
+    recipe = validate_recipe({"name": "u", "task": str(ARITH), "teacher": {"model": "t"}, "student": {"model": "s"}},
+                             "test")
+    older = recipe_to_dict(recipe)
+    del older["variants"]["evaluate"]  # written by a version without this option (its default now applies)
+    run = RunDir(tmp_path)
+    run.update_manifest(recipe=older, stages={})
+    init_run(recipe, run, "r.yaml", None)
+    assert run.read_manifest()["recipe"] == recipe_to_dict(recipe)
+    changed = validate_recipe({**recipe_to_dict(recipe), "variants": {"evaluate": False}}, "test")
+    with pytest.raises(ArteError, match=r"variants\.evaluate.*--from"):
+        init_run(changed, run, "r.yaml", None)
