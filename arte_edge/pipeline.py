@@ -62,8 +62,9 @@ def init_run(recipe: Recipe, run: RunDir, source: str, from_stage: str | None) -
     """Create or re-open the manifest; refuse silent reuse of a run made with a different recipe."""
     manifest = run.read_manifest()
     resolved = recipe_to_dict(recipe)
-    if "recipe" in manifest and _as_current_version(manifest["recipe"]) != resolved:
-        changed = _changed_keys(_as_current_version(manifest["recipe"]), resolved)
+    recorded = _as_current_version(manifest["recipe"]) if "recipe" in manifest else resolved
+    if recorded != resolved:
+        changed = _changed_keys(recorded, resolved)
         if from_stage is None:
             raise ArteError(f"{run.manifest_path}: the recipe changed since this run started ({', '.join(changed)}); "
                             "pass --from STAGE to redo from a stage, or use a new --run-dir")
