@@ -29,7 +29,7 @@ class Artifact:
     format: str  # hf | gguf | onnx
     quant: str  # fp32, f16, q8_0, q4_k_m, int4, ...
     path: str  # relative to the run directory, or absolute
-    role: str = "export"  # base | merged | export
+    role: str = "export"  # base | merged | export | variant
     size_bytes: int = 0
     verify: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     details: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # e.g. quant fallbacks
@@ -49,6 +49,19 @@ def disk_size(path: Path) -> int:
         return path.stat().st_size
     weights = {".safetensors", ".bin", ".onnx", ".data", ".gguf"}
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in weights)
+
+
+def content_key(artifact: Artifact, root: Path, *extra: object) -> str:
+    """A short key that changes when the artifact's runtime or any of its weight files changes (size or mtime),
+    e.g. after retraining or re-export; ``extra`` adds settings (token limits) the key must also cover."""
+    import hashlib
+
+    path = artifact.resolve(root)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
+    stamp = [(str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns)
+             for p in files]
+    text = json.dumps([artifact.format, artifact.quant, stamp, [str(x) for x in extra]])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def registry_path(root: Path) -> Path:
@@ -92,6 +105,32 @@ def list_artifacts(ctx: StageContext, *, include_base: bool = True) -> list[Arti
     if merged is not None:
         out.append(merged)
     return out + read_exported(ctx.run.root)
+
+
+def newer_than_folder(path: Path, folder: Path) -> bool:
+    """True when ``path`` exists and is at least as new as every file directly in ``folder`` (an export made
+    from that folder after its last change)."""
+    newest = max((p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()), default=0)
+    return path.exists() and path.stat().st_mtime_ns >= newest
+
+
+def as_gguf(artifact: Artifact, root: Path, quant: str, *, verify: bool = True, threads: int = 2) -> Artifact:
+    """An HF student (base or merged) as the verified GGUF of type ``quant`` it would ship as.
+
+    The merged student reuses the export stage's ``gguf-<quant>`` file when that is newer than the merged folder;
+    anything else is exported once to ``eval/models/<name>/`` (reused while its source folder is unchanged).
+    """
+    from arte_edge.export.gguf import cached_gguf
+    from arte_edge.progress import log
+
+    folder = artifact.resolve(root)
+    shipped = {a.name: a for a in read_exported(root)}.get(f"gguf-{quant}")
+    if artifact.role == "merged" and shipped is not None and newer_than_folder(shipped.resolve(root), folder):
+        path = shipped.resolve(root)
+    else:
+        path = cached_gguf(folder, root / "eval" / "models" / artifact.name, quant, artifact.name, log,
+                           verify=verify, threads=threads)
+    return Artifact(artifact.name, "gguf", quant, str(path), role=artifact.role, size_bytes=path.stat().st_size)
 
 
 def open_artifact(artifact: Artifact, root: Path, *, threads: int = 2, n_ctx: int = 2048,

@@ -6,15 +6,16 @@ paired McNemar test against the base student to ``eval/summary.json``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
 
-from arte_edge.artifacts import Artifact, list_artifacts, open_artifact
+from arte_edge.artifacts import Artifact, as_gguf, content_key, list_artifacts, open_artifact
 from arte_edge.backends.base import ChatModel, SamplingParams
 from arte_edge.methods.common import answer_messages
 from arte_edge.progress import progress
-from arte_edge.rundir import JsonlAppender, atomic_write_json, read_jsonl
+from arte_edge.rundir import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
 from arte_edge.stages.context import StageContext
 from arte_edge.stats import accuracy_summary, mcnemar_p
 from arte_edge.tasks.base import Item, Task
@@ -30,9 +31,14 @@ def eval_params(task: Task, max_tokens: int) -> SamplingParams:
 
 
 def evaluate_model(model: ChatModel, task: Task, items: Sequence[Item], out_path, params: SamplingParams,
-                   batch_size: int = 8, label: str = "") -> list[dict[str, Any]]:
-    """Answer and check every item; rows already in ``out_path`` are kept (resume)."""
-    rows = {r["item_id"]: r for r in read_jsonl(out_path)}
+                   batch_size: int = 8, label: str = "", key: str | None = None) -> list[dict[str, Any]]:
+    """Answer and check every item; rows already in ``out_path`` are kept (resume). With ``key`` (see
+    ``artifacts.content_key``) only rows written under the same key count: a retrained, re-exported or
+    differently run model is scored afresh."""
+    written = read_jsonl(out_path)
+    rows = {r["item_id"]: r for r in written if key is None or r.get("key") == key}
+    if len(rows) < len(written):  # rows of another model or runtime (or duplicates): the file keeps only these
+        atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.values()))
     todo = [item for item in items if item.id not in rows]
     appender = JsonlAppender(out_path)
     with progress(f"evaluate {label}", len(items)) as advance:
@@ -40,7 +46,8 @@ def evaluate_model(model: ChatModel, task: Task, items: Sequence[Item], out_path
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             completions = model.chat_batch([answer_messages(task, item) for item in batch], params)
-            new = [_row(task, item, completion) for item, completion in zip(batch, completions, strict=True)]
+            new = [_row(task, item, completion) | ({"key": key} if key else {})
+                   for item, completion in zip(batch, completions, strict=True)]
             appender.write_batch(new)
             rows.update({r["item_id"]: r for r in new})
             advance(len(batch))
@@ -82,21 +89,45 @@ def run(ctx: StageContext, artifacts: list[Artifact] | None = None) -> dict[str,
     items = ctx.split("eval")
     params = eval_params(ctx.task, cfg.max_tokens)
     chosen = artifacts if artifacts is not None else list_artifacts(ctx, include_base=cfg.include_base)
+    plan, same_as = in_eval_runtime(ctx, chosen)
     rows_by_artifact: dict[str, list[dict[str, Any]]] = {}
-    for artifact in chosen:
+    for artifact in plan:
         model = open_artifact(artifact, ctx.run.root, threads=cfg.threads, device_faithful=True)
         try:
             out_path = ctx.run.path("eval", f"{artifact.name}.jsonl")
-            rows_by_artifact[artifact.name] = evaluate_model(model, ctx.task, items, out_path, params,
-                                                             label=artifact.name)
+            rows_by_artifact[artifact.name] = evaluate_model(
+                model, ctx.task, items, out_path, params, label=artifact.name,
+                key=content_key(artifact, ctx.run.root, params.max_tokens))
         finally:
             model.close()
+    rows_by_artifact.update({alias: rows_by_artifact[name] for alias, name in same_as.items()})
     reference = "base" if "base" in rows_by_artifact else None
     summary = summarise(rows_by_artifact, reference)
+    opened = {a.name: a for a in plan}
+    for name, row in summary.items():  # the runtime each row was scored in
+        row.update(format=opened[same_as.get(name, name)].format, quant=opened[same_as.get(name, name)].quant)
     atomic_write_json(ctx.run.path("eval", "summary.json"), summary)
     outputs = {"summary": "eval/summary.json", "n_eval": len(items),
                "accuracy": {k: round(v["accuracy"], 4) for k, v in summary.items()}}
     return {**outputs, **method_evaluation(ctx, rows_by_artifact)}
+
+
+def in_eval_runtime(ctx: StageContext, chosen: list[Artifact]) -> tuple[list[Artifact], dict[str, str]]:
+    """The artifacts to open, and ``{alias: name}`` for rows that are another row's file.
+
+    Without ``evaluate.quant`` every artifact runs in its own runtime. With it, the HF students (base, merged) run
+    as GGUFs of that type; when the merged student reuses the exported ``gguf-<type>`` file, that export's row is
+    the merged row (same file, same runtime), not a second evaluation.
+    """
+    quant = ctx.recipe.evaluate.quant
+    if not quant:
+        return list(chosen), {}
+    root, cfg = ctx.run.root, ctx.recipe
+    plan = [as_gguf(a, root, quant, verify=cfg.export.verify, threads=cfg.evaluate.threads) if a.format == "hf"
+            else a for a in chosen]
+    merged_file = next((a.resolve(root) for a in plan if a.role == "merged"), None)
+    same_as = {a.name: "merged" for a in plan if a.role == "export" and a.resolve(root) == merged_file}
+    return [a for a in plan if a.name not in same_as], same_as
 
 
 def method_evaluation(ctx: StageContext, rows_by_artifact: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

@@ -47,8 +47,8 @@ def artifact_rows(run: RunDir, eval_summary: dict[str, Any], bench: dict[str, An
         summary = b.get("summary", {})
         rows.append({
             "name": name,
-            "format": art.format if art else "hf",
-            "quant": art.quant if art else "fp32",
+            "format": acc.get("format") or (art.format if art else "hf"),  # the runtime it was scored in
+            "quant": acc.get("quant") or (art.quant if art else "fp32"),
             "size_bytes": b.get("size_bytes") or (art.size_bytes if art else None),
             "accuracy": acc["accuracy"], "ci_low": acc["ci_low"], "ci_high": acc["ci_high"], "n_eval": acc["n_eval"],
             "delta_vs_merged_pt": None if merged_acc is None else round(100 * (acc["accuracy"] - merged_acc), 2),
@@ -91,7 +91,8 @@ def recommend(rows: list[dict[str, Any]], max_drop_pt: float) -> dict[str, Any] 
         return None
     best = max(ok, key=lambda r: r["decode_tok_s"])
     return {"name": best["name"], "decode_tok_s": best["decode_tok_s"], "accuracy": best["accuracy"],
-            "rule": f"fastest decode within {max_drop_pt} pt of merged fp32 accuracy"}
+            "rule": f"fastest decode within {max_drop_pt} pt of the merged student's accuracy "
+                    f"({merged['format']} {merged['quant']})"}
 
 
 def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:

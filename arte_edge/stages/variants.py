@@ -2,8 +2,9 @@
 
 A method writes its main dataset to ``data/examples.jsonl`` (trained, merged, exported and benchmarked by the
 main stages) and each comparison dataset to ``data/variants/<name>/examples.jsonl``. Here each of those gets
-the same LoRA recipe, a merge, and (unless ``variants.evaluate`` is off) the same held-out evaluation (fp32), so
-the report compares training data and nothing else. Finished variants are skipped on resume.
+the same LoRA recipe, a merge, and (unless ``variants.evaluate`` is off) the same held-out evaluation (fp32, or the
+GGUF type ``evaluate.quant`` like the base and merged students), so the report compares training data and nothing
+else. Finished variants are skipped on resume.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     """Train → merge → evaluate (unless ``variants.evaluate`` is off) every variant dataset; results go to
     eval/summary.json as variant-<name>."""
     from arte_edge import models
-    from arte_edge.backends.hf import HFChat
+    from arte_edge.artifacts import Artifact, as_gguf, content_key, open_artifact
     from arte_edge.stages.evaluate import eval_params, evaluate_model, summarise
     from arte_edge.stages.merge import merge_adapter
     from arte_edge.stages.train import train_adapter
@@ -61,17 +62,22 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if not ctx.recipe.variants.evaluate:
             _forget_accuracy(summary_path, f"variant-{name}")  # a score of an earlier run must not sit beside it
             continue
-        model = HFChat(merged, threads=ctx.recipe.evaluate.threads, name=f"variant-{name}")
+        variant = Artifact(f"variant-{name}", "hf", "fp32", str(merged), role="variant")
+        if ctx.recipe.evaluate.quant:
+            variant = as_gguf(variant, ctx.run.root, ctx.recipe.evaluate.quant, verify=ctx.recipe.export.verify,
+                              threads=ctx.recipe.evaluate.threads)
+        model = open_artifact(variant, ctx.run.root, threads=ctx.recipe.evaluate.threads, device_faithful=True)
         try:
+            key = content_key(variant, ctx.run.root, params.max_tokens)
             results = evaluate_model(model, ctx.task, items, ctx.run.path("eval", f"variant-{name}.jsonl"), params,
-                                     label=f"variant {name}")
+                                     label=f"variant {name}", key=key)
         finally:
             model.close()
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         base_rows = read_jsonl(ctx.run.root / "eval" / "base.jsonl")
         scored = summarise({"base": base_rows, f"variant-{name}": results} if base_rows
                            else {f"variant-{name}": results}, "base" if base_rows else None)
-        summary[f"variant-{name}"] = scored[f"variant-{name}"]
+        summary[f"variant-{name}"] = scored[f"variant-{name}"] | {"format": variant.format, "quant": variant.quant}
         atomic_write_json(summary_path, summary)
         out[name]["accuracy"] = round(summary[f"variant-{name}"]["accuracy"], 4)
     return {"variants": out, **_method_after_variants(ctx)}

@@ -1,0 +1,136 @@
+"""Stage `evaluate`: cached rows count only for the same model file and runtime; `evaluate.quant` scores the
+HF students as the GGUF they ship as."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from arte_edge.artifacts import Artifact, content_key
+from arte_edge.backends.base import Completion, SamplingParams
+from arte_edge.rundir import read_jsonl
+from arte_edge.stages.evaluate import evaluate_model
+from arte_edge.tasks.base import Item
+
+ROOT = Path(__file__).resolve().parents[2]
+ARITH = ROOT / "tests" / "data" / "arith" / "task.yaml"
+
+
+class CountingModel:
+    """Answers every question "Answer: 4" and counts the conversations it was asked."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def chat_batch(self, conversations: list, params: SamplingParams) -> list[Completion]:
+        self.asked += len(conversations)
+        return [Completion(text="Answer: 4", prompt_tokens=5, completion_tokens=3, seconds=0.01)
+                for _ in conversations]
+
+
+@pytest.fixture()
+def task():
+    from arte_edge.tasks.registry import get_task
+
+    return get_task(ARITH)
+
+
+def items(n: int) -> list[Item]:
+    return [Item(id=f"q{i}", question=f"What is 2 + {i}?", answer=str(2 + i)) for i in range(n)]
+
+
+def test_rows_are_reused_only_under_the_same_key(tmp_path: Path, task) -> None:
+    out, params = tmp_path / "eval" / "merged.jsonl", SamplingParams(max_tokens=8)
+    model = CountingModel()
+    first = evaluate_model(model, task, items(5), out, params, key="model-a")
+    assert model.asked == 5 and [r["correct"] for r in first] == [False, False, True, False, False]
+
+    evaluate_model(model, task, items(5), out, params, key="model-a")  # resume: nothing asked again
+    assert model.asked == 5
+
+    evaluate_model(model, task, items(5), out, params, key="model-b")  # retrained/re-exported: scored afresh
+    assert model.asked == 10
+    assert {r["key"] for r in read_jsonl(out)} == {"model-b"} and len(read_jsonl(out)) == 5
+
+
+def test_content_key_follows_the_weight_files_and_the_runtime(tmp_path: Path) -> None:
+    folder = tmp_path / "merged"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"x" * 10)
+    hf = Artifact("merged", "hf", "fp32", str(folder), role="merged")
+    key = content_key(hf, tmp_path, 256)
+    assert content_key(hf, tmp_path, 256) == key
+    assert content_key(hf, tmp_path, 128) != key  # a different token limit
+    assert content_key(Artifact("merged", "gguf", "q8_0", str(folder)), tmp_path, 256) != key
+    stat = (folder / "model.safetensors").stat()
+    os.utime(folder / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert content_key(hf, tmp_path, 256) != key  # retrained in place
+
+
+def test_evaluate_quant_is_validated_and_normalised() -> None:
+    from arte_edge.config import validate_recipe
+    from arte_edge.errors import ConfigError
+
+    base = {"name": "v", "task": str(ARITH), "teacher": {"model": "t"}, "student": {"model": "s"}}
+    assert validate_recipe({**base, "evaluate": {"quant": "Q8-0"}}, "r.yaml").evaluate.quant == "q8_0"
+    with pytest.raises(ConfigError, match="evaluate.quant"):
+        validate_recipe({**base, "evaluate": {"quant": "q9"}}, "r.yaml")
+
+
+@pytest.mark.integration
+def test_pipeline_with_evaluate_quant_scores_base_and_merged_as_gguf(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from arte_edge.config import load_recipe
+    from arte_edge.pipeline import run_pipeline
+    from tests.helpers.oracle_teacher import serve
+    from tests.test_pipeline import write_recipe
+
+    server, url = serve()
+    try:
+        recipe_path = write_recipe(tmp_path, tiny_model_dir, url, evaluate={"quant": "q8_0"})
+        run = run_pipeline(load_recipe(recipe_path), tmp_path / "run", source=str(recipe_path))
+    finally:
+        server.shutdown()
+    summary = json.loads((run.root / "eval" / "summary.json").read_text())
+    assert {k: (v["format"], v["quant"]) for k, v in summary.items()} == {
+        "base": ("gguf", "q8_0"), "merged": ("gguf", "q8_0"), "gguf-q8_0": ("gguf", "q8_0")}
+    assert summary["gguf-q8_0"]["accuracy"] == summary["merged"]["accuracy"]  # one file, scored once
+    assert (run.root / "eval" / "models" / "base" / "base.q8_0.gguf").exists()
+    assert not (run.root / "eval" / "models" / "merged").exists()  # the export stage's file is reused
+    assert not (run.root / "eval" / "gguf-q8_0.jsonl").exists()
+    report = json.loads((run.root / "report" / "report.json").read_text())
+    assert [(a["name"], a["format"]) for a in report["artifacts"]] == [
+        ("base", "gguf"), ("merged", "gguf"), ("gguf-q8_0", "gguf")]
+    assert report["artifacts"][2]["decode_tok_s"] > 0
+
+
+def test_variants_are_scored_in_the_evaluate_quant_runtime(tmp_path: Path, tiny_model_dir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from arte_edge import models
+    from arte_edge.config import validate_recipe
+    from arte_edge.rundir import RunDir
+    from arte_edge.stages import merge, train, variants
+    from arte_edge.stages.context import StageContext
+
+    recipe = validate_recipe({"name": "v", "task": str(ARITH), "teacher": {"model": "t"}, "student": {"model": "s"},
+                              "splits": {"seeds": 2, "train_pool": 10, "eval": 6},
+                              "evaluate": {"quant": "q8_0", "max_tokens": 8, "threads": 1}}, "test")
+    folder = tmp_path / "data" / "variants" / "stand"
+    folder.mkdir(parents=True)
+    (folder / "examples.jsonl").write_text(json.dumps({"id": "a", "messages": [], "meta": {}}) + "\n")
+    monkeypatch.setattr(models, "hf_folder", lambda spec: tiny_model_dir)
+    monkeypatch.setattr(train, "train_adapter", lambda *a: None)
+    monkeypatch.setattr(merge, "merge_adapter", lambda base, adapter, merged, threads: shutil.copytree(base, merged))
+
+    out = variants.run(StageContext(recipe, RunDir(tmp_path)))
+    row = json.loads((tmp_path / "eval" / "summary.json").read_text())["variant-stand"]
+    assert (row["format"], row["quant"], row["n_eval"]) == ("gguf", "q8_0", 6)
+    assert out["variants"]["stand"]["accuracy"] == row["accuracy"]
+    assert (tmp_path / "eval" / "models" / "variant-stand" / "variant-stand.q8_0.gguf").exists()
+    assert len(read_jsonl(tmp_path / "eval" / "variant-stand.jsonl")) == 6
