@@ -696,7 +696,8 @@ def write_report_section(ctx: StageContext, summary: dict[str, Any], datasets: d
         lines += ["| dataset | examples | teacher calls | drafts tried |", "|---|---:|---:|---:|"]
         lines += [f"| {n} | {v['n_examples']} | {v['teacher_calls']} | {v.get('attempts', '–')} |"
                   for n, v in datasets.items()]
-        lines.append("")
+        lines += ["", "`unaligned` is standard distillation: the same teacher, drafting prompt, seeds and checks, "
+                  "without DPO; its teacher calls exclude elicitation. Every dataset is cut to the same size.", ""]
     lines += ["| step | seconds |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in summary["seconds"].items()]
     from arte_edge.rundir import atomic_write_text
 
