@@ -693,9 +693,10 @@ def write_report_section(ctx: StageContext, summary: dict[str, Any], datasets: d
                          f"{m.get('rewards_margins_last', '–')} | {m.get('rewards_accuracies_last', '–')} |")
         lines.append("")
     if datasets:
-        lines += ["| dataset | examples | teacher calls | drafts tried |", "|---|---:|---:|---:|"]
-        lines += [f"| {n} | {v['n_examples']} | {v['teacher_calls']} | {v.get('attempts', '–')} |"
-                  for n, v in datasets.items()]
+        lines += ["| dataset | examples (after the cut) | checked examples | drafts tried | teacher calls |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {n} | {v['n_examples']} | {v.get('n_checked', '–')} | {v.get('attempts', '–')} | "
+                  f"{v['teacher_calls']} |" for n, v in datasets.items()]
         lines += ["", "`unaligned` is standard distillation: the same teacher, drafting prompt, seeds and checks, "
                   "without DPO; its teacher calls exclude elicitation. Every dataset is cut to the same size.", ""]
     lines += ["| step | seconds |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in summary["seconds"].items()]
