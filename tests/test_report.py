@@ -28,3 +28,17 @@ def test_markdown_renders_missing_values() -> None:
               "n_eval": 100, "artifacts": [r], "variants": [], "recommendation": None, "stage_seconds": {"train": 1}}
     text = render_markdown(report)
     assert "| merged | gguf | x |" in text and "–" in text and "No artifact" in text
+
+
+def test_latency_is_joined_only_when_the_bench_ran_the_scored_runtime(tmp_path) -> None:
+    from arte_edge.rundir import RunDir
+    from arte_edge.stages.report import artifact_rows
+
+    summary = {"base": {"accuracy": 0.1, "ci_low": 0.0, "ci_high": 0.3, "n_eval": 10,
+                        "format": "gguf", "quant": "q8_0"},
+               "other": {"accuracy": 0.2, "ci_low": 0.1, "ci_high": 0.4, "n_eval": 10}}
+    bench = {"base": {"format": "hf", "quant": "fp32", "size_bytes": 500, "summary": {"decode_tok_s": 15.0}},
+             "other": {"format": "hf", "quant": "fp32", "size_bytes": 500, "summary": {"decode_tok_s": 14.0}}}
+    rows = {r["name"]: r for r in artifact_rows(RunDir(tmp_path), summary, bench)}
+    assert (rows["base"]["format"], rows["base"]["decode_tok_s"], rows["base"]["size_bytes"]) == ("gguf", None, None)
+    assert (rows["other"]["format"], rows["other"]["decode_tok_s"]) == ("hf", 14.0)

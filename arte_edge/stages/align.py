@@ -667,6 +667,9 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 # ========================================================================================= the report
 def write_report_section(ctx: StageContext, summary: dict[str, Any], datasets: dict[str, Any] | None = None) -> None:
     """``report/sections/arte.md`` and ``arte.json``: D_pref, counts, DPO metrics, student, wall times."""
+    timings = ctx.run.path("align", "timings.json")
+    if timings.exists():  # every step's time, regeneration included (steps 1-4 alone when only `align` ran)
+        summary = {**summary, "seconds": json.loads(timings.read_text())}
     data = {"align": summary, "datasets": datasets or {}}
     atomic_write_json(ctx.run.path("report", "sections", "arte.json"), data)
     d = summary["dpref"]

@@ -43,12 +43,16 @@ def artifact_rows(run: RunDir, eval_summary: dict[str, Any], bench: dict[str, An
         if name.startswith("variant-"):
             continue
         art: Artifact | None = known.get(name)
+        fmt = acc.get("format") or (art.format if art else "hf")  # the runtime it was scored in
+        quant = acc.get("quant") or (art.quant if art else "fp32")
         b = bench.get(name, {})
+        if (b.get("format", fmt), b.get("quant", quant)) != (fmt, quant):
+            b = {}  # benchmarked in another runtime (e.g. fp32 torch vs scored as GGUF): not this row's latency
         summary = b.get("summary", {})
         rows.append({
             "name": name,
-            "format": acc.get("format") or (art.format if art else "hf"),  # the runtime it was scored in
-            "quant": acc.get("quant") or (art.quant if art else "fp32"),
+            "format": fmt,
+            "quant": quant,
             "size_bytes": b.get("size_bytes") or (art.size_bytes if art else None),
             "accuracy": acc["accuracy"], "ci_low": acc["ci_low"], "ci_high": acc["ci_high"], "n_eval": acc["n_eval"],
             "delta_vs_merged_pt": None if merged_acc is None else round(100 * (acc["accuracy"] - merged_acc), 2),
