@@ -114,11 +114,13 @@ def newer_than_folder(path: Path, folder: Path) -> bool:
     return path.exists() and path.stat().st_mtime_ns >= newest
 
 
-def as_gguf(artifact: Artifact, root: Path, quant: str, *, verify: bool = True, threads: int = 2) -> Artifact:
+def as_gguf(artifact: Artifact, root: Path, quant: str, *, verify: bool = True, threads: int = 2,
+            out_dir: Path | None = None) -> Artifact:
     """An HF student (base or merged) as the verified GGUF of type ``quant`` it would ship as.
 
     The merged student reuses the export stage's ``gguf-<quant>`` file when that is newer than the merged folder;
-    anything else is exported once to ``eval/models/<name>/`` (reused while its source folder is unchanged).
+    anything else is exported once to ``out_dir`` (default ``eval/models/<name>/``; reused while its source
+    folder is unchanged).
     """
     from arte_edge.export.gguf import cached_gguf
     from arte_edge.progress import log
@@ -128,9 +130,9 @@ def as_gguf(artifact: Artifact, root: Path, quant: str, *, verify: bool = True, 
     if artifact.role == "merged" and shipped is not None and newer_than_folder(shipped.resolve(root), folder):
         path = shipped.resolve(root)
     else:
-        path = cached_gguf(folder, root / "eval" / "models" / artifact.name, quant, artifact.name, log,
+        path = cached_gguf(folder, out_dir or root / "eval" / "models" / artifact.name, quant, artifact.name, log,
                            verify=verify, threads=threads)
-    return Artifact(artifact.name, "gguf", quant, str(path), role=artifact.role, size_bytes=path.stat().st_size)
+    return Artifact(artifact.name, "gguf", quant, str(path), role=artifact.role, size_bytes=disk_size(path))
 
 
 def open_artifact(artifact: Artifact, root: Path, *, threads: int = 2, n_ctx: int = 2048,

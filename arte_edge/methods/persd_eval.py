@@ -308,22 +308,16 @@ def _open_hf(folder: Path, threads: int, name: str) -> ChatModel:
 
 
 def _open_quantized(ctx: StageContext, folder: Path, name: str) -> ChatModel:
-    """``folder`` (an HF model) as a ``persd.eval_quant`` GGUF in llama.cpp. The merged student reuses the export
-    stage's verified file of that type when it is newer than the merged folder; the others (and a stale merged
-    one) are exported to ``eval/persd/models/``."""
-    from arte_edge.artifacts import newer_than_folder, read_exported
+    """``folder`` (an HF model) as a ``persd.eval_quant`` GGUF in llama.cpp (``artifacts.as_gguf``): the merged
+    student reuses the export stage's file of that type; the others are exported to ``eval/persd/models/``."""
+    from arte_edge.artifacts import Artifact, as_gguf
     from arte_edge.backends.llamacpp import LlamaCppChat
-    from arte_edge.export.gguf import cached_gguf
-    from arte_edge.progress import log
 
-    quant = str(ctx.recipe.persd.eval_quant)
-    shipped = {a.name: a for a in read_exported(ctx.run.root)}.get(f"gguf-{quant}")
-    if name == "merged" and shipped is not None and newer_than_folder(shipped.resolve(ctx.run.root), folder):
-        path = shipped.resolve(ctx.run.root)
-    else:
-        path = cached_gguf(folder, ctx.run.path("eval", "persd", "models", ".keep").parent, quant, name, log,
-                           verify=ctx.recipe.export.verify, threads=ctx.recipe.evaluate.threads)
-    return LlamaCppChat(path, threads=ctx.recipe.evaluate.threads, n_ctx=ctx.recipe.student.n_ctx, name=name,
+    role = "merged" if name == "merged" else "variant"
+    gguf = as_gguf(Artifact(name, "hf", "fp32", str(folder), role=role), ctx.run.root, str(ctx.recipe.persd.eval_quant),
+                   verify=ctx.recipe.export.verify, threads=ctx.recipe.evaluate.threads,
+                   out_dir=ctx.run.path("eval", "persd", "models", ".keep").parent)
+    return LlamaCppChat(Path(gguf.path), threads=ctx.recipe.evaluate.threads, n_ctx=ctx.recipe.student.n_ctx, name=name,
                         batch_size=ctx.recipe.persd.eval_batch_size)
 
 
