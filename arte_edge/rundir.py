@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -36,6 +37,23 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, data: Any) -> None:
     """Atomically write ``data`` as indented JSON."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the disk that holds ``path`` (or its nearest existing parent)."""
+    path = Path(path).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def ensure_free_space(folder: Path, need_bytes: int, what: str) -> None:
+    """ArteError naming ``folder`` when its disk has fewer than ``need_bytes`` free for ``what``."""
+    free = free_bytes(folder)
+    if free < need_bytes:
+        raise ArteError(f"{folder}: {what} needs about {need_bytes / 1e9:.1f} GB but the disk has "
+                        f"{free / 1e9:.1f} GB free; free space (old runs' merged/ folders and .gguf files are the "
+                        "largest) and rerun: finished steps are kept")
 
 
 def stable_id(*parts: Any) -> str:

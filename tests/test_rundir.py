@@ -79,3 +79,13 @@ def test_collector_stops_at_target(tmp_path: Path) -> None:
     c = DurableCollector(tmp_path / "e.jsonl", tmp_path / "r.jsonl")
     c.run(_candidates(50, 1, calls), target=3, max_attempts=50, batch_size=2)
     assert c.n_accepted == 3 and len(calls) == 3
+
+
+def test_ensure_free_space_names_the_folder(tmp_path: Path) -> None:
+    from arte_edge.rundir import ensure_free_space, free_bytes
+
+    missing = tmp_path / "not" / "yet"
+    assert free_bytes(missing) == free_bytes(tmp_path) > 0  # nearest existing parent
+    ensure_free_space(missing, 1, "a file")
+    with pytest.raises(ArteError, match=r"yet: a file needs about 1000000\.0 GB but the disk has .* GB free"):
+        ensure_free_space(missing, 10**15, "a file")

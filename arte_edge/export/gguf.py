@@ -33,6 +33,7 @@ from typing import Any
 
 from arte_edge.errors import ArteError
 from arte_edge.paths import cache_dir
+from arte_edge.rundir import ensure_free_space
 
 Progress = Callable[[str], None]
 
@@ -61,6 +62,11 @@ QUANT_TYPES: dict[str, tuple[str, str]] = {
 }
 # The converter writes these itself (no C quantizer pass).
 _CONVERTER_OUTTYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16", "Q8_0": "q8_0"}
+# Approximate bits per weight of each type, only to check free disk space before writing a file.
+_APPROX_BPW = {"F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_K_S": 5.5,
+               "Q5_0": 5.5, "Q5_1": 6.0, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "Q4_0": 4.5, "Q4_1": 5.0, "Q3_K_M": 3.9,
+               "Q2_K": 3.4}
+_SOURCE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 _FALLBACK_TOTAL = re.compile(r"(\d+) of (\d+) tensor\(s\) required fallback quantization")
 _FALLBACK_TENSOR = re.compile(r"warning: (\S+)\s+- ncols.*?type\s+(\w+)\)\s*->\s*falling back to\s+(\w+)",
@@ -386,6 +392,8 @@ def convert_to_gguf(hf_dir: str | Path, out_path: str | Path, outtype: str = "f1
     say = progress or (lambda _m: None)
     script = ensure_converter(say)
     check_convertible(hf_dir, allow_no_chat_template=allow_no_chat_template, converter=script)
+    need = estimated_gguf_bytes(hf_dir, outtype)
+    ensure_free_space(out_path.parent, need, f"the {outtype} GGUF of {hf_dir.name}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
     log_path = out_path.with_name(out_path.name + ".convert.log")
@@ -398,6 +406,7 @@ def convert_to_gguf(hf_dir: str | Path, out_path: str | Path, outtype: str = "f1
     lines = _run_streaming(cmd, env, say)
     if not partial.is_file() or _exit_code(lines) != 0:
         partial.unlink(missing_ok=True)
+        ensure_free_space(out_path.parent, need, f"the {outtype} GGUF of {hf_dir.name}")  # the likely cause
         log_path.write_text(f"$ {' '.join(cmd)}\n" + "\n".join(lines), encoding="utf-8")
         from arte_edge.export.onnx import last_meaningful_line
 
@@ -406,6 +415,15 @@ def convert_to_gguf(hf_dir: str | Path, out_path: str | Path, outtype: str = "f1
     log_path.unlink(missing_ok=True)
     os.replace(partial, out_path)
     return out_path
+
+
+def estimated_gguf_bytes(hf_dir: Path, outtype: str) -> int:
+    """About how many bytes the converter writes for ``hf_dir`` at ``outtype`` (from the weight files' sizes)."""
+    weights = sum(p.stat().st_size for pattern in ("*.safetensors", "pytorch_model*.bin")
+                  for p in Path(hf_dir).glob(pattern))
+    config = _read_json(Path(hf_dir) / "config.json")
+    source = _SOURCE_BYTES.get(str(config.get("torch_dtype") or config.get("dtype") or "float32"), 4)
+    return int(1.05 * weights * _APPROX_BPW[outtype.upper()] / (8 * source))
 
 
 # converter log lines worth showing (not the per-tensor and per-hparam ones)
@@ -497,6 +515,9 @@ def quantize_gguf(src: str | Path, dst: str | Path, qtype: str, imatrix: Path | 
         keepalive = _imatrix_entries(Path(imatrix))
         params.imatrix = keepalive[0]
     partial = dst.with_name(dst.name + ".partial")
+    source = describe_gguf(src)
+    need = int(1.1 * source["size_bytes"] * _APPROX_BPW[name] / (source["bits_per_weight"] or 16.0))
+    ensure_free_space(dst.parent, need, f"the {name} GGUF")
     dst.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with _capture_llama_log() as log:
@@ -506,11 +527,12 @@ def quantize_gguf(src: str | Path, dst: str | Path, qtype: str, imatrix: Path | 
     text = "".join(log)
     if rc != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
+        ensure_free_space(dst.parent, need, f"the {name} GGUF")  # a full disk fails as "iostream error"
         reason = next((ln.strip() for ln in reversed(text.splitlines()) if "error" in ln.lower() or
                        "failed" in ln.lower()), f"return code {rc}")
         raise ArteError(f"{src}: llama.cpp quantization to {name} failed: {reason[:300]}")
     os.replace(partial, dst)
-    return _quant_result(dst, name, text, seconds, imatrix, source=describe_gguf(src))
+    return _quant_result(dst, name, text, seconds, imatrix, source=source)
 
 
 def _quant_result(path: Path, name: str, log_text: str, seconds: float, imatrix: Path | None,

@@ -804,16 +804,26 @@ def paired_final(root: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, A
     return out
 
 
+def unanswered(root: Path, row: dict[str, Any]) -> int | None:
+    """Held-out items of a curve point without a parseable final answer (cut at max_tokens, or no answer line)."""
+    path = root / row["eval_file"]
+    return sum(x.get("predicted") is None for x in read_jsonl(path)) if path.exists() else None
+
+
 def render_section(info: dict[str, Any]) -> str:
     """The Markdown section ``report/sections/elad.md``."""
     lines = ["## ELAD: learning curve (held-out accuracy vs teacher calls)", "", info["setup"], "",
              "| strategy | round | teacher calls | n_train | accepted / sent | parse fail | still wrong | "
-             "accuracy % | 95% CI | validation % |", "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "accuracy % | 95% CI | no answer | validation % |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in info["rows"]:
         sent = f"{r.get('n_accepted', 0)} / {r.get('n_selected', 0)}" if r["strategy"] != "base" else "–"
         lines.append(f"| {r['strategy']} | {r['round']} | {r['teacher_calls']} | {r['n_train']} | {sent} | "
                      f"{r.get('n_parse_failure', '–')} | {r.get('n_still_wrong', '–')} | {_pct(r['accuracy'])} | "
-                     f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}] | {_pct(r.get('val_accuracy'))} |")
+                     f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}] | {r.get('n_no_answer', '–')} | "
+                     f"{_pct(r.get('val_accuracy'))} |")
+    lines += ["", "*no answer*: held-out items without a parseable final answer line (usually cut at "
+              "`evaluate.max_tokens`); a drop there is the student learning the answer format, not the task."]
     lines += ["", "### Stopping decisions", ""]
     lines += [f"- **{name}**: after round {s['round']}: {s['reason']}" for name, s in info["stops"].items()]
     if info["paired"]:
@@ -827,7 +837,22 @@ def render_section(info: dict[str, Any]) -> str:
 
 def write_report(root: Path, setup: str, cfg: EladConfig) -> dict[str, Any]:
     """``report/sections/elad.{md,json}`` and ``report/elad_curve.png`` from ``elad/curve.jsonl``."""
-    rows = curve_rows(root)
+    return _write_report(root, setup, cfg.model_dump(mode="json"))
+
+
+def refresh_report(root: Path) -> bool:
+    """Re-render the ELAD section of a finished loop (``arte-edge report``) from its curve and the setup and
+    config recorded in ``report/sections/elad.json``; False when the run has no ELAD loop."""
+    recorded = root / "report" / "sections" / "elad.json"
+    if not (root / "elad" / "curve.jsonl").exists() or not recorded.exists():
+        return False
+    old = json.loads(recorded.read_text())
+    _write_report(root, old["setup"], old["config"])
+    return True
+
+
+def _write_report(root: Path, setup: str, config: dict[str, Any]) -> dict[str, Any]:
+    rows = [{**r, "n_no_answer": unanswered(root, r)} for r in curve_rows(root)]
     stops: dict[str, dict[str, Any]] = {}
     for r in rows:
         if r["strategy"] != "base":
@@ -836,7 +861,7 @@ def write_report(root: Path, setup: str, cfg: EladConfig) -> dict[str, Any]:
     if rows:
         plot_curve(rows, plot)
     info = {"setup": setup, "rows": rows, "stops": stops, "paired": paired_final(root, rows),
-            "plot": "report/elad_curve.png", "plot_rel_md": "elad_curve.png", "config": cfg.model_dump(mode="json")}
+            "plot": "report/elad_curve.png", "plot_rel_md": "elad_curve.png", "config": config}
     atomic_write_text(root / "report" / "sections" / "elad.md", render_section(info))
     atomic_write_json(root / "report" / "sections" / "elad.json", {k: v for k, v in info.items()
                                                                     if k != "plot_rel_md"})
@@ -912,7 +937,9 @@ def _setup_text(ctx: StageContext, env: LoopEnv) -> str:
     val = (f"validation = the `preference` split (n={len(env.val_items)})" if env.val_items
            else "validation split empty: the rule watches held-out accuracy (biases the last point)")
     cand = cfg.candidates_per_round or "all remaining"
-    runtime = (f"as a GGUF {cfg.student_quant.upper()} in llama.cpp" if cfg.student_quant
+    runtime = (f"as a GGUF {cfg.student_quant.upper()} in llama.cpp, 8 sequences decoded together for speed (the "
+               "Artifacts table decodes one at a time, as the device does; batching changes float rounding, so the "
+               "same model's accuracy there can differ by a few items)" if cfg.student_quant
                else "in fp32 (torch)")
     return (f"Task **{ctx.task.name}**, student `{recipe.student.model}`, teacher `{recipe.teacher.model}`. Budget "
             f"B = {cfg.budget} teacher calls per strategy, up to R = {cfg.rounds} rounds of b = {cfg.batch_size} "

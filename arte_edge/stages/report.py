@@ -163,6 +163,10 @@ def run(run: RunDir, max_drop_pt: float = 1.0) -> dict[str, Any]:
     plot = plot_pareto(rows, run.root / "report" / "pareto.png",
                        f"{report['run']}: accuracy vs decode latency on {device or 'host'}")
     report["pareto_png"] = "report/pareto.png" if plot else None
+    if report["method"] == "elad":
+        from arte_edge.methods.elad import refresh_report
+
+        refresh_report(run.root)  # the learning-curve section, rendered by this version
     sections = sorted((run.root / "report" / "sections").glob("*.md")) if (run.root / "report").exists() else []
     report["sections"] = [str(p.relative_to(run.root)) for p in sections]
     atomic_write_json(run.path("report", "report.json"), report)

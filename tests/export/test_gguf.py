@@ -259,6 +259,27 @@ def test_quantize_q8_0(tiny_gguf: Path, tmp_path: Path) -> None:
     json.dumps(res.to_dict())
 
 
+def test_full_disk_is_named_before_quantizing(tiny_gguf: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # A full disk makes llama.cpp fail with "basic_ios::clear: iostream error"; the check names the folder first.
+    monkeypatch.setattr("arte_edge.rundir.free_bytes", lambda _path: 1000)
+    with pytest.raises(ArteError, match=r"out: the Q8_0 GGUF needs about 0\.\d GB but the disk has 0\.0 GB free"):
+        G.quantize_gguf(tiny_gguf, tmp_path / "out" / "tiny.q8_0.gguf", "q8_0")
+    assert not (tmp_path / "out").exists()
+
+
+def test_full_disk_is_named_before_converting(tiny_model_dir: Path, converter: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("arte_edge.rundir.free_bytes", lambda _path: 1000)
+    with pytest.raises(ArteError, match=r"the f16 GGUF of .* needs about .* GB free; free space"):
+        G.convert_to_gguf(tiny_model_dir, tmp_path / "x.gguf", "f16")
+
+
+def test_size_estimate_is_close_to_the_written_file(tiny_model_dir: Path, tiny_gguf: Path) -> None:
+    estimate = G.estimated_gguf_bytes(tiny_model_dir, "f16")
+    assert 0.8 < estimate / tiny_gguf.stat().st_size < 1.3
+
+
 def test_quantize_q4_k_m_reports_fallbacks(tiny_gguf: Path, tmp_path: Path) -> None:
     # Every block matrix has 64 or 128 columns, not a multiple of 256: all 14 fall back (Q4_K→Q5_0,
     # Q6_K→Q8_0); the tied embedding gets Q8_0 by the output-tensor rule (off base, not a fallback).

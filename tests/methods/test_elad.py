@@ -322,7 +322,15 @@ def test_active_loop_on_tiny_model_curve_plot_and_resume(tmp_path: Path, tiny_mo
     assert (root / "report" / "elad_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     section = (root / "report" / "sections" / "elad.md").read_text()
     assert "| elad | 2 |" in section and "95% CI" in section
-    assert (root / "report" / "sections" / "elad.json").exists()
+    info = __import__("json").loads((root / "report" / "sections" / "elad.json").read_text())
+    for r in info["rows"]:  # "no answer" is counted from each point's own eval file
+        assert r["n_no_answer"] == sum(x["predicted"] is None for x in read_jsonl(root / r["eval_file"]))
+    assert "| no answer |" in section
+    # `arte-edge report` re-renders the section from the curve and the recorded setup, without the models.
+    (root / "report" / "sections" / "elad.md").unlink()
+    assert elad.refresh_report(root)
+    assert (root / "report" / "sections" / "elad.md").read_text() == section
+    assert not elad.refresh_report(tmp_path / "no-elad-here")
     examples = read_jsonl(ctx.run.examples_path)
     assert len(examples) == out["n_examples"] and all(e["messages"][-1]["role"] == "assistant" for e in examples)
     for name in ("random", "answer_entropy", "teacher_explain"):
