@@ -445,6 +445,7 @@ class LoopEnv:
     train: Trainer
     eval_params: SamplingParams
     seed: int
+    open_eval_student: StudentOpener | None = None  # evaluation's opener when it differs (batch-1 decoding)
 
     @property
     def elad_dir(self) -> Path:
@@ -479,7 +480,7 @@ def evaluate_dir(env: LoopEnv, model_dir: Path, items: Sequence[Item], out_path:
 
     if not items:
         return []
-    model = env.open_student(model_dir)
+    model = (env.open_eval_student or env.open_student)(model_dir)
     try:
         rows = evaluate_model(model, env.task, items, out_path, env.eval_params, label=label)
     finally:
@@ -903,7 +904,7 @@ def default_trainer(base_dir: Path, recipe: Any) -> Trainer:
 
 
 def default_opener(threads: int, quant: str | None = None, root: Path | None = None, n_ctx: int = 2048,
-                   verify: bool = True) -> StudentOpener:
+                   verify: bool = True, batch_size: int = 8) -> StudentOpener:
     """Open a student folder with transformers (fp32, as the evaluate stage), or with ``quant`` as a GGUF in
     llama.cpp: exported once to ``<folder>-gguf/`` (the base student, outside the run, to ``root/elad/base/gguf``)."""
 
@@ -919,9 +920,21 @@ def default_opener(threads: int, quant: str | None = None, root: Path | None = N
         inside = root is not None and model_dir.resolve().is_relative_to(root.resolve())
         out_dir = quantized_dir(model_dir) if inside or root is None else root / "elad" / "base" / "gguf"
         path = cached_gguf(model_dir, out_dir, quant, "student", log, verify=verify, threads=threads)
-        return LlamaCppChat(path, threads=threads, n_ctx=n_ctx, name=f"{model_dir.parent.name}/{model_dir.name}")
+        return LlamaCppChat(path, threads=threads, n_ctx=n_ctx, name=f"{model_dir.parent.name}/{model_dir.name}",
+                            batch_size=batch_size)
 
     return open_student
+
+
+def student_openers(recipe: Any, root: Path) -> tuple[StudentOpener, StudentOpener]:
+    """``(scoring, evaluation)`` openers: scoring decodes 8 sequences together; evaluation does too unless
+    ``elad.device_faithful_eval`` asks for the device's one-at-a-time decoding of the GGUF."""
+    cfg = recipe.elad
+    args = (recipe.evaluate.threads, cfg.student_quant, root, recipe.student.n_ctx, recipe.export.verify)
+    scoring = default_opener(*args)
+    if cfg.student_quant and cfg.device_faithful_eval:
+        return scoring, default_opener(*args, batch_size=1)
+    return scoring, scoring
 
 
 def quantized_dir(model_dir: Path) -> Path:
@@ -937,10 +950,14 @@ def _setup_text(ctx: StageContext, env: LoopEnv) -> str:
     val = (f"validation = the `preference` split (n={len(env.val_items)})" if env.val_items
            else "validation split empty: the rule watches held-out accuracy (biases the last point)")
     cand = cfg.candidates_per_round or "all remaining"
-    runtime = (f"as a GGUF {cfg.student_quant.upper()} in llama.cpp, 8 sequences decoded together for speed (the "
-               "Artifacts table decodes one at a time, as the device does; batching changes float rounding, so the "
-               "same model's accuracy there can differ by a few items)" if cfg.student_quant
-               else "in fp32 (torch)")
+    runtime = "in fp32 (torch)"
+    if cfg.student_quant and cfg.device_faithful_eval:
+        runtime = (f"as a GGUF {cfg.student_quant.upper()} in llama.cpp (scored one sequence at a time, as the "
+                   "device and the Artifacts table do)")
+    elif cfg.student_quant:
+        runtime = (f"as a GGUF {cfg.student_quant.upper()} in llama.cpp, 8 sequences decoded together for speed (the "
+                   "Artifacts table decodes one at a time, as the device does; batching changes float rounding, so "
+                   "the same model's accuracy there can differ by a few items)")
     return (f"Task **{ctx.task.name}**, student `{recipe.student.model}`, teacher `{recipe.teacher.model}`. Budget "
             f"B = {cfg.budget} teacher calls per strategy, up to R = {cfg.rounds} rounds of b = {cfg.batch_size} "
             f"questions from a pool of {len(env.pool)}; {cand} candidates scored per round; EGSS λ = {cfg.lambda_} "
@@ -991,15 +1008,15 @@ def generate_datasets(ctx: StageContext, *, teacher: ChatModel | None = None,
     eval_items = ctx.split("eval")[: cfg.eval_size or None]
     val_items = ctx.split("preference")[: cfg.validation_size or None] if cfg.stop_metric == "validation" else []
     base_dir = models.hf_folder(recipe.student.model)
+    scoring, evaluation = student_openers(recipe, ctx.run.root)
     own_teacher = teacher is None
     teacher = teacher or open_chat_model(recipe.teacher, seed=recipe.seed)
     try:
         annotator = Annotator(teacher, ctx.task, cfg, resolve_checker(cfg, pool), recipe.teacher.model, recipe.seed)
         env = LoopEnv(root=ctx.run.root, task=ctx.task, cfg=cfg, pool=pool, eval_items=eval_items,
                       val_items=val_items, base_dir=base_dir, annotator=annotator,
-                      open_student=open_student or default_opener(
-                          recipe.evaluate.threads, cfg.student_quant, ctx.run.root, recipe.student.n_ctx,
-                          recipe.export.verify),
+                      open_student=open_student or scoring,
+                      open_eval_student=None if open_student else evaluation,
                       train=trainer or default_trainer(base_dir, recipe),
                       eval_params=eval_params(ctx.task, recipe.evaluate.max_tokens), seed=recipe.seed)
         strategies = strategies_for(cfg)

@@ -83,6 +83,11 @@ class EladConfig(BaseModel):
         None, description="Run each round's student (selection scoring and evaluation) as a GGUF of this type "
         "(e.g. q8_0) in llama.cpp, the runtime that ships; on a 2-core CPU ~3x faster than fp32 torch. Exported and "
         "verified once per model: round-r/merged-gguf/, the base student elad/base/gguf/. None: fp32 torch.")
+    device_faithful_eval: bool = Field(
+        True, description="With student_quant: score each curve point one sequence at a time, as the device runs "
+        "the GGUF (the evaluate stage's rule), so a point equals the Artifacts table for the same model. False "
+        "decodes 8 together: about 1.6x faster evaluation on 2 cores, but llama.cpp batching changes float rounding "
+        "(measured: the same model 18.3% batched vs 21.7% at batch 1 on 60 GSM8K items).")
     keep_models: Literal["last", "all"] = Field(
         "last", description="Keep every round's merged student (disk heavy: ~2 GB per 0.5B model) or only the "
                             "latest per strategy.")

@@ -402,6 +402,22 @@ def test_student_quant_opens_each_student_as_a_cached_gguf(tmp_path: Path, tiny_
     assert not elad.quantized_dir(tiny_model_dir).exists()  # nothing written beside a model outside the run
 
 
+@pytest.mark.parametrize("faithful", [True, False])
+def test_curve_points_are_scored_one_sequence_at_a_time_like_the_device(tmp_path: Path, tiny_model_dir: Path,
+                                                                        faithful: bool) -> None:
+    ctx = _ctx(tmp_path, tiny_model_dir, {"student_quant": "q8_0", "device_faithful_eval": faithful},
+               export={"verify": False})
+    scoring, evaluation = elad.student_openers(ctx.recipe, ctx.run.root)
+    sizes = []
+    for opener in (scoring, evaluation):
+        model = opener(tiny_model_dir)
+        try:
+            sizes.append(model.batch_size)
+        finally:
+            model.close()
+    assert sizes == [8, 1 if faithful else 8]  # selection scoring stays batched (speed); evaluation is the device's
+
+
 def test_student_quant_must_be_a_gguf_type() -> None:
     from pydantic import ValidationError
 
