@@ -86,7 +86,7 @@ class EladConfig(BaseModel):
     device_faithful_eval: bool = Field(
         True, description="With student_quant: score each curve point one sequence at a time, as the device runs "
         "the GGUF (the evaluate stage's rule), so a point equals the Artifacts table for the same model. False "
-        "decodes 8 together: about 1.6x faster evaluation on 2 cores, but llama.cpp batching changes float rounding "
+        "decodes 8 together: about 1.5x faster evaluation on 2 cores, but llama.cpp batching changes float rounding "
         "(measured: the same model 18.3% batched vs 21.7% at batch 1 on 60 GSM8K items).")
     keep_models: Literal["last", "all"] = Field(
         "last", description="Keep every round's merged student (disk heavy: ~2 GB per 0.5B model) or only the "
