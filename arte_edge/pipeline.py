@@ -71,10 +71,18 @@ def init_run(recipe: Recipe, run: RunDir, source: str, from_stage: str | None) -
         log(f"recipe changed ({', '.join(changed)}); redoing from {from_stage}")
     if "splits" in manifest and manifest.get("recipe", {}).get("splits") not in (None, resolved["splits"]):
         manifest.pop("splits")
-    manifest.update(recipe=resolved, recipe_source=source, versions=library_versions())
+    manifest.update(recipe=resolved, recipe_source=source, versions=library_versions(), llama_cpp=llama_cpp_build())
     manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
     manifest.setdefault("stages", {})
     run.update_manifest(**manifest)
+
+
+def llama_cpp_build() -> dict[str, Any]:
+    """The llama.cpp build this run uses (system info, AMX state); refuses, before any work, one that would crash."""
+    from arte_edge.llama_build import check_llama_build, llama_build_record
+
+    check_llama_build()
+    return llama_build_record()
 
 
 def record_models(ctx: StageContext) -> None:

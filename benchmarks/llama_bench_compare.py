@@ -30,6 +30,7 @@ from typing import Any
 from arte_edge.bench.core import BenchSettings, bench_artifact
 from arte_edge.bench.devices import copy_bandwidth_gbs, host_profile
 from arte_edge.bench.roofline import estimate, gguf_shape, measured_vs_roofline
+from arte_edge.llama_build import build_key, cmake_flag_args, compiler_version, read_host_cpu
 from arte_edge.paths import cache_dir
 
 LLAMA_CPP_PYTHON = "0.3.36"
@@ -38,7 +39,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "llama_bench_compare.jso
 CMAKE_FLAGS = ["-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DGGML_NATIVE=ON",
                "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_COMMON=ON", "-DLLAMA_BUILD_TESTS=OFF",
                "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF",
-               "-DLLAMA_OPENSSL=OFF"]
+               "-DLLAMA_OPENSSL=OFF",
+               *cmake_flag_args(read_host_cpu())]  # the wheel's own flag set (AMX off where the CPU has it)
 
 
 def log(message: str) -> None:
@@ -50,8 +52,9 @@ def log(message: str) -> None:
 
 
 def tools_dir(version: str = LLAMA_CPP_PYTHON) -> Path:
-    """Where the sdist, its sources and the llama-bench build are kept."""
-    path = cache_dir() / "tools" / f"llama-bench-{version}"
+    """Where the sdist, its sources and the tool builds are kept: one folder per build key (flags, CPU, compiler)."""
+    key = build_key(version, CMAKE_FLAGS, read_host_cpu(), compiler_version(), "tools")
+    path = cache_dir() / "tools" / f"llama-bench-{version}-{key}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

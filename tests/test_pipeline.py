@@ -69,6 +69,7 @@ def test_full_pipeline_writes_report_contract(tmp_path: Path, tiny_model_dir: Pa
     assert all(manifest["stages"][s]["status"] == "done"
                for s in ("generate", "train", "merge", "export", "evaluate", "bench", "report"))
     assert set(manifest["splits"]) == {"seeds", "preference", "train_pool", "eval"}
+    assert manifest["llama_cpp"]["safe"] and "CPU" in manifest["llama_cpp"]["system_info"]
     examples = read_jsonl(run.examples_path)
     assert len(examples) == 12
     assert all(e["messages"][-1]["role"] == "assistant" and "Answer:" in e["messages"][-1]["content"]
@@ -263,7 +264,7 @@ def test_kill_during_align_preference_collection_then_resume_equals_clean(tmp_pa
                                                                          slow_oracle: str) -> None:
     """ARTE step 3 (student scores each rationale on D_pref) is killed mid-way; the resumed scores equal a
     clean run's: same ids, same values, none lost or duplicated."""
-    from arte_edge.export.gguf import convert_to_gguf
+    from arte_edge.export.converter import convert_to_gguf
 
     student_gguf = tmp_path / "student.f16.gguf"  # the tiny student with its ChatML template
     convert_to_gguf(tiny_model_dir, student_gguf, "f16")

@@ -43,6 +43,9 @@ def free_port() -> int:
 def start_server(model: str | Path, *, port: int, threads: int = 1, n_ctx: int = 1024, alias: str = "teacher",
                  log_path: Path | None = None) -> subprocess.Popen:
     """Start one llama.cpp server process (not waiting for it; see :func:`wait_ready`)."""
+    from arte_edge.llama_build import check_llama_build
+
+    check_llama_build()  # the server process would load the same build
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
            "--n_threads_batch", str(threads), "--verbose", "False"]

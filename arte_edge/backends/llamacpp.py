@@ -19,6 +19,9 @@ class LlamaCppChat:
                  name: str | None = None, batch_size: int = 8):
         from llama_cpp import Llama
 
+        from arte_edge.llama_build import check_llama_build
+
+        check_llama_build()
         self.path = Path(gguf_path)
         self.name = name or self.path.stem
         try:

@@ -146,7 +146,7 @@ def bench_artifact(path: Path, fmt: str, settings: BenchSettings, timeout_s: flo
     after["other_cpu_cores"] = others.cores
     return {"settings": asdict(settings), "summary": summarise(raw, settings), "raw": raw,
             "size_bytes": _size(path), "host_before": before, "host_after": after, "busy_warning": busy,
-            "versions": runtime_versions()}
+            "versions": runtime_versions(), "llama_cpp": raw.get("llama_cpp")}
 
 
 def _size(path: Path) -> int:

@@ -18,13 +18,20 @@ from typing import Any
 class LlamaCppBench:
     """One loaded GGUF and a context big enough for the configured test."""
 
-    def __init__(self, path: str | Path, *, threads: int, n_ctx: int, n_batch: int):
+    def __init__(self, path: str | Path, *, threads: int, n_ctx: int, n_batch: int, extra_buffer_types: bool = True):
+        """``extra_buffer_types=False`` turns off ggml's extra CPU buffer types (weight repacking and the AMX
+        path); only ``benchmarks/llama_amx_fallback.py`` uses it, to measure what that fallback costs."""
         import llama_cpp as lc
 
+        from arte_edge.llama_build import check_llama_build
+
+        if extra_buffer_types:  # without them the AMX path cannot run, so any build is safe
+            check_llama_build()
         self.lc = lc
         lc.llama_backend_init()
         lc.llama_log_set(_silent_log(), ctypes.c_void_p())
         mparams = lc.llama_model_default_params()
+        mparams.use_extra_bufts = extra_buffer_types
         self.model = lc.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {path}")

@@ -22,14 +22,28 @@ from urllib.parse import urlsplit
 
 from arte_edge.bench.core import BenchSettings, summarise
 from arte_edge.errors import ArteError
+from arte_edge.llama_build import build_record, read_host_cpu, refuse_message
 
 DEFAULT_REMOTE_CACHE = ".cache/arte-edge/remote-artifacts"  # relative to the remote home directory
 _CHUNK = 4 << 20
 
-# Runs on the device: what it has (Python, arte-edge, rsync) and its state (load, CPU) right now.
+# Runs on the device: what it has (Python, arte-edge, rsync, its llama.cpp build and CPU) and its state now.
+# The llama.cpp facts are raw (system info, /proc/cpuinfo): the verdict is taken here, whatever arte-edge
+# version the device has.
 _PROBE = r"""
-import json, shutil, sys
-out = {"python": sys.version.split()[0], "executable": sys.executable, "rsync": bool(shutil.which("rsync"))}
+import json, platform, shutil, sys
+out = {"python": sys.version.split()[0], "executable": sys.executable, "rsync": bool(shutil.which("rsync")),
+       "arch": platform.machine()}
+try:
+    out["cpuinfo"] = open("/proc/cpuinfo").read()
+except OSError:
+    out["cpuinfo"] = ""
+try:
+    import llama_cpp
+    llama_cpp.llama_backend_init()
+    out["llama_system_info"] = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+except Exception as exc:
+    out["llama_error"] = f"{type(exc).__name__}: {exc}"
 try:
     from arte_edge.bench.core import host_state, runtime_versions
     out.update(host=host_state(), versions=runtime_versions())
@@ -340,6 +354,9 @@ def bench_remote(url: str, artifact: Path, settings: BenchSettings, fmt: str | N
     fmt = fmt or detect_format(artifact)
     ssh = Ssh(target, options)
     before = probe(ssh)
+    llama = device_llama_record(before)
+    if fmt == "gguf" and llama and not llama["safe"]:
+        raise ArteError(refuse_message(llama["reason"], where=f"the device {url}"))
     use_rsync = options.transfer == "rsync" or (
         options.transfer == "auto" and before["rsync"] and shutil.which("rsync") is not None)
     files = artifact_files(artifact)
@@ -350,7 +367,16 @@ def bench_remote(url: str, artifact: Path, settings: BenchSettings, fmt: str | N
     return {"settings": asdict(settings), "summary": summarise(raw, settings), "raw": raw,
             "size_bytes": sum(f.size for f in files), "host_before": before["host"], "host_after": after["host"],
             "busy_warning": _busy(before["host"], after["host"]), "versions": before["versions"],
+            "llama_cpp": llama,
             "remote": {"url": url, "python": before["python"], **transfer}}
+
+
+def device_llama_record(probe_info: dict[str, Any]) -> dict[str, Any] | None:
+    """The device's llama.cpp build as a bench JSON records it (None without llama-cpp-python there)."""
+    info = probe_info.get("llama_system_info")
+    if info is None:
+        return None
+    return build_record(info, read_host_cpu(probe_info.get("cpuinfo", ""), arch=probe_info.get("arch") or "unknown"))
 
 
 def _run_worker(ssh: Ssh, spec: dict[str, Any]) -> dict[str, Any]:

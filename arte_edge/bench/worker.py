@@ -48,12 +48,29 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit(f"unknown format {spec['format']!r}")
     result["peak_rss_bytes"] = _rss_bytes()
     result["baseline_rss_bytes"] = baseline
+    result["llama_cpp"] = llama_cpp_record()
     return result
 
 
+def llama_cpp_record() -> dict[str, Any] | None:
+    """The llama.cpp build on this machine (system info, AMX state), or None where llama-cpp-python is absent."""
+    try:
+        from arte_edge.llama_build import llama_build_record
+
+        return llama_build_record()
+    except ImportError:
+        return None
+
+
 def main() -> None:
+    from arte_edge.errors import ArteError
+
     spec = json.loads(sys.argv[1])
-    print(json.dumps(measure(spec)))
+    try:
+        print(json.dumps(measure(spec)))
+    except ArteError as exc:  # one line on stderr: the caller shows the last one
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

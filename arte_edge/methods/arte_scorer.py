@@ -108,7 +108,9 @@ class PrefixReuseScorer:
         from llama_cpp import Llama
 
         from arte_edge.bench.llamacpp_runner import _silent_log
+        from arte_edge.llama_build import check_llama_build
 
+        check_llama_build()
         self.lc, self.path = lc, Path(gguf_path)
         self.name = name or self.path.stem
         self.batch_size, self.max_tokens = batch, max_tokens

@@ -22,6 +22,13 @@ def test_peak_rss_is_the_workers_not_the_parents(tiny_gguf: Path) -> None:
     assert result["summary"]["decode_tok_s"] > 0
 
 
+def test_bench_json_says_which_llama_cpp_kernels_ran(tiny_gguf: Path) -> None:
+    result = bench_artifact(tiny_gguf, "gguf", SETTINGS)
+    build = result["llama_cpp"]
+    assert "AVX" in build["system_info"] or "NEON" in build["system_info"]
+    assert build["safe"] and set(build) >= {"amx_kernels", "host_cpu", "host_has_amx"}
+
+
 def test_other_cpu_meter_sees_a_neighbour_but_not_our_waited_children() -> None:
     spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass\n"
     neighbour = subprocess.Popen([sys.executable, "-c", spin])

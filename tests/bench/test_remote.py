@@ -25,6 +25,7 @@ from arte_edge.bench.remote import RemoteOptions, bench_remote, file_sha256
 from arte_edge.errors import ArteError
 
 SSHD = Path("/usr/sbin/sshd")
+REPO = Path(__file__).resolve().parents[2]
 SETTINGS = BenchSettings(threads=1, prompt_tokens=8, gen_tokens=4, repetitions=1, warmup=0)
 
 pytestmark = [
@@ -114,6 +115,7 @@ def test_bench_remote_copies_verifies_and_runs(sshd: SshServer, tiny_gguf: Path)
     assert result["raw"]["runtime"] == "llama.cpp" and len(result["raw"]["tg_s"]) == 1
     assert result["summary"]["decode_tok_s"] > 0 and result["size_bytes"] == tiny_gguf.stat().st_size
     assert "llama-cpp-python" in result["versions"] and "load_1m" in result["host_before"]
+    assert result["llama_cpp"]["safe"] and result["llama_cpp"]["system_info"]
 
     again = bench_remote(sshd.url, tiny_gguf, SETTINGS, options=sshd.options)
     assert again["remote"]["copied"] == [] and again["remote"]["bytes_sent"] == 0
@@ -199,3 +201,39 @@ def test_missing_remote_runtime(sshd: SshServer, tiny_gguf: Path) -> None:
     # A Python without arte-edge on it.
     with pytest.raises(ArteError, match="arte-edge is not usable"):
         bench_remote(sshd.url, tiny_gguf, SETTINGS, options=replace(sshd.options, python="/usr/bin/python3"))
+
+
+# A board whose owner built llama-cpp-python with ggml's AMX kernels, on an AMX CPU: its own Python sees a
+# llama_cpp reporting AMX_INT8 = 1 and a /proc/cpuinfo with amx flags (both faked on the device side only).
+_FAKE_LLAMA = '''
+def llama_backend_init():
+    pass
+def llama_print_system_info():
+    return b"CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | REPACK = 1 | "
+'''
+_FAKE_CPUINFO = '''
+import builtins, io
+_open = builtins.open
+def _fake(path, *args, **kwargs):
+    if path == "/proc/cpuinfo":
+        return io.StringIO("model name\\t: Intel(R) Xeon(R) Platinum 8480+\\n"
+                           "flags\\t\\t: avx2 avx512f amx_tile amx_int8\\n")
+    return _open(path, *args, **kwargs)
+builtins.open = _fake
+'''
+
+
+@pytest.mark.timeout(60)
+def test_device_with_an_amx_build_is_refused_before_copying(sshd: SshServer, tiny_gguf: Path) -> None:
+    fake = sshd.workdir / "amx-board"
+    (fake / "llama_cpp").mkdir(parents=True, exist_ok=True)
+    (fake / "llama_cpp" / "__init__.py").write_text(_FAKE_LLAMA)
+    (fake / "sitecustomize.py").write_text(_FAKE_CPUINFO)
+    python = fake / "python3"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={fake}:{REPO} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    cache = sshd.workdir / "amx-cache"
+    with pytest.raises(ArteError, match=r"llama.cpp on the device ssh://.*AMX_INT8 = 1.*-mno-amx-int8"):
+        bench_remote(sshd.url, tiny_gguf, SETTINGS, options=replace(sshd.options, python=str(python),
+                                                                     cache_dir=str(cache)))
+    assert not cache.exists() or not any(cache.rglob("*.gguf")), "nothing is copied to a device that would crash"
