@@ -14,16 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from arte_edge import sandbox
 from arte_edge.errors import ArteError
-from arte_edge.sandbox import (
-    SandboxResult,
-    _child_mismatch_note,
-    _child_outputs_match,
-    _split_equality_assert,
-    run_tests,
-    sandbox_capabilities,
-)
+from arte_edge.sandbox import SandboxResult, run_tests, sandbox_capabilities, settings
+from arte_edge.sandbox.assert_split import split_equality_assert
+from arte_edge.sandbox.child_verdicts import child_mismatch_note, child_outputs_match
+from arte_edge.sandbox.interpreter import hidden_interpreter_paths
 
 REPO = Path(__file__).resolve().parents[1]
 CAPS = sandbox_capabilities() if sys.platform.startswith("linux") or sys.platform == "darwin" else {}
@@ -166,24 +161,24 @@ def test_float_tolerance_and_literal_comparison() -> None:
 
 
 def test_comparison_helpers() -> None:
-    assert _child_outputs_match(0.1 + 0.2, 0.3)
-    assert _child_outputs_match({"a": [1.0000000001]}, {"a": [1.0]})
-    assert _child_outputs_match((1, 2.0), (1, 2))
-    assert not _child_outputs_match([1, 2], (1, 2))
-    assert not _child_outputs_match(True, 1.0000001)
-    assert not _child_outputs_match(float("nan"), float("nan"))
-    assert not _child_outputs_match("1", 1)
-    assert _child_mismatch_note("(1, 2)", (1, 2)).startswith("; equal after ast.literal_eval")
-    assert _child_mismatch_note(1, "x") == ""
+    assert child_outputs_match(0.1 + 0.2, 0.3)
+    assert child_outputs_match({"a": [1.0000000001]}, {"a": [1.0]})
+    assert child_outputs_match((1, 2.0), (1, 2))
+    assert not child_outputs_match([1, 2], (1, 2))
+    assert not child_outputs_match(True, 1.0000001)
+    assert not child_outputs_match(float("nan"), float("nan"))
+    assert not child_outputs_match("1", 1)
+    assert child_mismatch_note("(1, 2)", (1, 2)).startswith("; equal after ast.literal_eval")
+    assert child_mismatch_note(1, "x") == ""
 
 
 def test_equality_assert_split() -> None:
-    assert _split_equality_assert("assert f(1, [2]) == {'a': 1}") == ("f(1, [2])", "{'a': 1}", None)
-    assert _split_equality_assert("assert f(1) == 2, 'msg'") == ("f(1)", "2", "'msg'")
-    assert _split_equality_assert("assert f(1) != 2") is None
-    assert _split_equality_assert("assert a == b == c") is None
-    assert _split_equality_assert("x = 1\nassert x == 1") is None
-    assert _split_equality_assert("assert (") is None
+    assert split_equality_assert("assert f(1, [2]) == {'a': 1}") == ("f(1, [2])", "{'a': 1}", None)
+    assert split_equality_assert("assert f(1) == 2, 'msg'") == ("f(1)", "2", "'msg'")
+    assert split_equality_assert("assert f(1) != 2") is None
+    assert split_equality_assert("assert a == b == c") is None
+    assert split_equality_assert("x = 1\nassert x == 1") is None
+    assert split_equality_assert("assert (") is None
 
 
 def test_error_is_bounded() -> None:
@@ -327,8 +322,12 @@ def test_writes_outside_work_dir_do_not_reach_the_host(tmp_path: Path) -> None:
     assert r.outcomes[3].passed, r.outcomes[3].error  # the work dir itself is writable
     assert not escape.exists() and not in_repo.exists() and not in_tmp_path.exists()
     if HAS_PRIVATE_TMP:
-        # /tmp is a private tmpfs: the write "succeeds" there and vanishes; the repo is read-only.
-        assert r.outcomes[1].error.startswith("PermissionError")
+        # /tmp is a private tmpfs: the write "succeeds" there and vanishes. The checkout's folder is refused:
+        # read-only where it is visible inside the sandbox (PermissionError), absent where the checkout itself
+        # lives under /tmp and so is hidden by the private tmpfs (FileNotFoundError). Either way it stayed out.
+        assert not r.outcomes[1].passed
+        assert r.outcomes[1].error.split(":")[0] in ("PermissionError", "FileNotFoundError", "OSError"), \
+            r.outcomes[1].error
 
 
 @pytest.mark.timeout(15)
@@ -447,7 +446,7 @@ ROOT_LINUX = sys.platform.startswith("linux") and os.geteuid() == 0
 @pytest.mark.timeout(20)
 @pytest.mark.skipif(not (ROOT_LINUX and HAS_PIDNS), reason="needs root with namespaces")
 def test_without_pid_namespace_the_uid_sweep_kills_escaped_processes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox, "_NAMESPACES", NET | MNT | IPC)
+    monkeypatch.setattr(settings, "NAMESPACES", NET | MNT | IPC)
     ok = run_tests("def f():\n    return 1\n", ["assert f() == 1"])
     assert ok.passed, ok.error
     assert ok.limits["process_cleanup"] == "process group kill + uid sweep"
@@ -471,9 +470,9 @@ def test_without_pid_namespace_the_uid_sweep_kills_escaped_processes(monkeypatch
 @pytest.mark.timeout(15)
 @pytest.mark.skipif(not ROOT_LINUX, reason="needs root")
 def test_fails_closed_when_the_interpreter_would_be_unreadable(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not sandbox._hidden_interpreter_paths():
+    if not hidden_interpreter_paths():
         pytest.skip("this interpreter is world-readable: the fallback just runs")
-    monkeypatch.setattr(sandbox, "_NAMESPACES", NET)  # no mount namespace to re-expose it
+    monkeypatch.setattr(settings, "NAMESPACES", NET)  # no mount namespace to re-expose it
     r = run_tests("x = 1\n", ["assert x == 1", "assert x == 1"])
     assert r.n_passed == 0
     assert r.error.startswith("SandboxError: sandbox setup failed: PermissionError: the interpreter is under")
