@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from arte_edge.errors import ArteError
-from arte_edge.rundir import atomic_write_json
+from arte_edge.rundir import RunDir, atomic_write_json
 
 if TYPE_CHECKING:
     from arte_edge.backends.base import ChatModel
-    from arte_edge.stages.context import StageContext
+    from arte_edge.runctx import RunContext
 
 FORMATS = ("hf", "gguf", "onnx")
 
@@ -65,7 +65,8 @@ def content_key(artifact: Artifact, root: Path, *extra: object) -> str:
 
 
 def registry_path(root: Path) -> Path:
-    return root / "artifacts" / "artifacts.json"
+    """``artifacts/artifacts.json`` of the run at ``root``: every exported artifact that passed verification."""
+    return RunDir(root).artifacts_dir / "artifacts.json"
 
 
 def read_exported(root: Path) -> list[Artifact]:
@@ -92,13 +93,15 @@ def base_artifact(student_model: str) -> Artifact:
 
 def merged_artifact(root: Path) -> Artifact | None:
     """The merged fine-tuned student, when the merge stage has run."""
-    folder = root / "student" / "merged"
+    run = RunDir(root)
+    folder = run.merged_dir
     if not (folder / "config.json").exists():
         return None
-    return Artifact("merged", "hf", "fp32", "student/merged", role="merged", size_bytes=disk_size(folder))
+    return Artifact("merged", "hf", "fp32", str(folder.relative_to(run.root)), role="merged",
+                    size_bytes=disk_size(folder))
 
 
-def list_artifacts(ctx: StageContext, *, include_base: bool = True) -> list[Artifact]:
+def list_artifacts(ctx: RunContext, *, include_base: bool = True) -> list[Artifact]:
     """Base student (optional), merged student, then every exported artifact."""
     out = [base_artifact(ctx.recipe.student.model)] if include_base else []
     merged = merged_artifact(ctx.run.root)
@@ -130,7 +133,7 @@ def as_gguf(artifact: Artifact, root: Path, quant: str, *, verify: bool = True, 
     if artifact.role == "merged" and shipped is not None and newer_than_folder(shipped.resolve(root), folder):
         path = shipped.resolve(root)
     else:
-        path = cached_gguf(folder, out_dir or root / "eval" / "models" / artifact.name, quant, artifact.name, log,
+        path = cached_gguf(folder, out_dir or RunDir(root).eval_model_dir(artifact.name), quant, artifact.name, log,
                            verify=verify, threads=threads)
     return Artifact(artifact.name, "gguf", quant, str(path), role=artifact.role, size_bytes=disk_size(path))
 

@@ -6,16 +6,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
 from arte_edge.errors import ArteError
-
-if TYPE_CHECKING:
-    from arte_edge.bench.core import BenchSettings
-    from arte_edge.bench.devices import DeviceProfile
-    from arte_edge.bench.remote import RemoteOptions
 
 app = typer.Typer(
     help="Distil a teacher LLM into a small student and ship it to edge devices.\n\n"
@@ -33,7 +28,7 @@ RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Run directory
 
 
 def _load(config: Path, overrides: list[str] | None):
-    from arte_edge.config import load_recipe
+    from arte_edge.recipes import load_recipe
 
     return load_recipe(config, overrides or [])
 
@@ -114,32 +109,16 @@ def export_cmd(
 ) -> None:
     """Export a model to verified GGUF/ONNX artifacts (each checked against the HF model before it is kept)."""
     from arte_edge import models
-    from arte_edge.stages.export import requested_formats
+    from arte_edge.export.targets import export_targets, requested_formats, verification_rows
+    from arte_edge.rundir import atomic_write_json
 
     wanted = requested_formats([f for f in formats.split(",") if f.strip()], preset)
     hf_dir = models.hf_folder(model)
-    stem = name or Path(hf_dir).name
     out.mkdir(parents=True, exist_ok=True)
-    quants = [q for f, q in wanted if f == "gguf"]
-    rows = []
-    if quants:
-        from arte_edge.export.gguf import export_gguf
-
-        for art in export_gguf(hf_dir, out, quants, stem, progress=typer.echo, verify=not no_verify,
-                               threads=threads):
-            rows.append({"path": str(art.path), "size_bytes": art.size_bytes, "fallback": art.quant.n_fallback,
-                         "verification": art.verification})
-    for fmt, precision in wanted:
-        if fmt == "onnx":
-            from arte_edge.export.onnx import export_onnx
-
-            art = export_onnx(hf_dir, out / f"{stem}-onnx-{precision}", precision, progress=typer.echo,  # type: ignore[arg-type]
-                              threads=threads, verify=not no_verify)
-            rows.append({"path": str(art.path), "size_bytes": art.size_bytes, "verification": art.verification})
-    from arte_edge.rundir import atomic_write_json
-
-    atomic_write_json(out / "verify.json", rows)
-    typer.echo(f"wrote {len(rows)} artifact(s) to {out} (verification: {out / 'verify.json'})")
+    made = export_targets(hf_dir, out, wanted, name or Path(hf_dir).name, verify=not no_verify, threads=threads,
+                          onnx_threads=threads, progress=typer.echo)
+    atomic_write_json(out / "verify.json", verification_rows(made))
+    typer.echo(f"wrote {len(made)} artifact(s) to {out} (verification: {out / 'verify.json'})")
 
 
 @app.command()
@@ -159,8 +138,8 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<
 
     if not (run_dir / "manifest.json").exists():
         raise ArteError(f"{run_dir}: not a run directory (no manifest.json)")
-    report_stage.run(RunDir(run_dir), max_drop)
-    typer.echo((run_dir / "report" / "report.md").read_text())
+    report_stage.rewrite(run_dir, max_drop)
+    typer.echo((RunDir(run_dir).report_dir / "report.md").read_text())
 
 
 @app.command()
@@ -188,6 +167,7 @@ def bench(artifacts: Annotated[list[Path], typer.Argument(help="GGUF files, ONNX
     the device over SSH and measures there; a profile with no remote gets the estimate only.
     """
     from arte_edge.bench.core import BenchSettings, detect_format
+    from arte_edge.bench.device_bench import bench_on_device, bench_table
     from arte_edge.bench.devices import load_device
     from arte_edge.bench.remote import RemoteOptions, SshTarget
 
@@ -199,75 +179,8 @@ def bench(artifacts: Annotated[list[Path], typer.Argument(help="GGUF files, ONNX
     formats = {p: detect_format(p) for p in artifacts}
     options = RemoteOptions(identity=identity, known_hosts=known_hosts, python=remote_python)
     url = remote or profile.remote
-    results = {str(p): _bench_one(p, fmt, settings, profile, url, ctx, options) for p, fmt in formats.items()}
-    if as_json:
-        typer.echo(json.dumps(results, indent=2))
-        return
-    _print_bench_table(results, profile, settings)
-
-
-def _bench_one(path: Path, fmt: str, settings: BenchSettings, profile: DeviceProfile, url: str | None,
-               ctx: int | None, remote_options: RemoteOptions) -> dict[str, Any]:
-    """Measure (here or over SSH) when the device allows it, and attach the labelled estimate."""
-    from arte_edge.bench.core import bench_artifact
-    from arte_edge.bench.remote import bench_remote
-    from arte_edge.bench.roofline import assess, model_shape
-
-    shape = model_shape(path, fmt)  # a corrupt model fails here, before any timing
-    if url:
-        result = bench_remote(url, path, settings, fmt, remote_options)
-    elif profile.measured:
-        result = bench_artifact(path, fmt, settings)
-    else:
-        result = {"settings": None, "summary": None, "size_bytes": _disk_size(path),
-                  "note": f"not measured: {profile.name} has no remote; pass --remote ssh://user@host"}
-    measured = result["summary"]["decode_tok_s"] if result.get("summary") else None
-    if url and profile.measured:
-        # Measured on the device but profiled here: a ratio between two machines would mean nothing.
-        measured = None
-        result["note"] = "estimate is for this host's profile; pass --device PROFILE for the remote device's"
-    estimate = assess(shape, profile, context=ctx, gen_tokens=settings.gen_tokens, measured_decode_tok_s=measured)
-    return {**result, "device": profile.model_dump(mode="json"), "estimate": estimate}
-
-
-def _disk_size(path: Path) -> int:
-    from arte_edge.artifacts import disk_size
-
-    return disk_size(path)
-
-
-def _measured_cells(summary: dict[str, Any] | None) -> list[str]:
-    if summary is None:
-        return ["—"] * 6
-    return [f"{summary['prompt_tok_s']:.1f}", f"{summary['decode_tok_s']:.1f}", f"{summary['ttft_ms_p50']:.1f}",
-            f"{summary['tpot_ms_p50']:.2f}", f"{summary['tpot_ms_p90']:.2f}",
-            f"{(summary['peak_rss_bytes'] or 0) / 1e6:.0f}"]
-
-
-def _estimate_cells(estimate: dict[str, Any]) -> list[str]:
-    fit, roof = estimate["fit"], estimate["roofline"]
-    gib = 2**30
-    fits = (f"{'yes' if fit['fits'] else 'NO'}: {fit['total_bytes'] / gib:.2f} of {fit['usable_bytes'] / gib:.1f} GiB"
-            f" at ctx {fit['context']}")
-    ratio = roof.get("measured_over_roofline")
-    return [fits, f"{roof['decode_tok_s']:.1f}", "—" if ratio is None else f"{ratio:.2f}"]
-
-
-def _print_bench_table(results: dict[str, dict[str, Any]], profile: DeviceProfile, settings: BenchSettings) -> None:
-    mem = profile.memory
-    typer.echo(f"device: {profile.name} ({profile.cpu.model}; {settings.threads} threads; "
-               f"{mem.bandwidth_gbs:g} GB/s {mem.bandwidth_source})")
-    typer.echo(f"| artifact | size MB | pp{settings.prompt_tokens} tok/s | tg{settings.gen_tokens} tok/s | "
-               "TTFT p50 ms | TPOT p50 ms | TPOT p90 ms | peak RSS MB | fits (estimate) | "
-               "roofline tg tok/s (estimate) | measured/roofline |")
-    typer.echo("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
-    for name, r in results.items():
-        cells = [name, f"{r['size_bytes'] / 1e6:.1f}", *_measured_cells(r["summary"]), *_estimate_cells(r["estimate"])]
-        typer.echo("| " + " | ".join(cells) + " |")
-    notes = {r["note"] for r in results.values() if r.get("note")}
-    for note in sorted(notes):
-        typer.echo(note)
-    typer.echo("estimate = upper bound from bandwidth ÷ bytes read per token (weights + KV), not a measurement")
+    results = {str(p): bench_on_device(p, fmt, settings, profile, url, ctx, options) for p, fmt in formats.items()}
+    typer.echo(json.dumps(results, indent=2) if as_json else bench_table(results, profile, settings))
 
 
 @models_app.command("list")

@@ -1,8 +1,12 @@
-"""Pipeline recipes: one YAML file per pipeline, validated into typed, frozen models.
+"""Pipeline recipes: one YAML file per pipeline, validated into typed, frozen models (the core sections).
 
 Unknown keys and bad values are all reported at once, each naming its dotted key, e.g.
 ``configs/demo.yaml: 2 problem(s): train.lr: Input should be a valid number; teacher.modle: unknown key``.
 ``--set key=value`` overrides are applied to the raw YAML before validation, so they are checked too.
+
+This module knows the sections every pipeline has. A method's own section (``arte:``, ``persd:``, ``elad:``) is
+defined beside the method (``arte_edge/methods/<name>/config.py``); :mod:`arte_edge.recipes` validates the whole
+recipe, core and method section, and attaches the method's config to :attr:`Recipe.method_config`.
 """
 
 from __future__ import annotations
@@ -10,21 +14,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from arte_edge.errors import ArteError, ConfigError
-from arte_edge.methods.arte_config import ArteConfig
-from arte_edge.methods.elad_config import EladConfig
-from arte_edge.methods.persd_config import PersdConfig
+from arte_edge.errors import ArteError
+from arte_edge.formats import check_formats, check_gguf_type
 
-METHODS = ("standard", "arte", "persd", "elad")
+DEFAULT_THREADS = 2
+# Sections with a ``threads`` setting: each defaults to the recipe's top-level ``threads``.
+THREADED_SECTIONS = ("teacher", "student", "train", "evaluate", "bench")
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """Base of every recipe section (core and method): frozen, unknown keys rejected."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelSpec(_Section):
+
+
+class ModelSpec(Section):
     """A model used as teacher or student, and how to run it."""
 
     model: str = Field(description="Bundled name (see `arte-edge models list`), a .gguf path, an HF folder, "
@@ -45,7 +53,7 @@ class ModelSpec(_Section):
     price_completion_per_m: float = Field(0.0, ge=0, description="USD per 1M completion tokens.")
 
 
-class SplitsConfig(_Section):
+class SplitsConfig(Section):
     """Disjoint splits of the task's items, fixed by `seed` and recorded in the manifest."""
 
     seeds: int = Field(3, ge=0, description="Seed examples shown to the teacher as demonstrations.")
@@ -54,7 +62,7 @@ class SplitsConfig(_Section):
     eval: int = Field(100, ge=1, description="Held-out items for accuracy (≥ 100 for a useful interval).")
 
 
-class GenerateConfig(_Section):
+class GenerateConfig(Section):
     """How the teacher produces training data (stage `generate`)."""
 
     questions: Literal["pool", "synthesize"] = Field(
@@ -72,7 +80,7 @@ class GenerateConfig(_Section):
         "answer line alone (two-stage answer extraction; counted as a teacher call).")
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Student fine-tuning (stage `train`)."""
 
     mode: Literal["lora", "qlora", "full"] = Field("lora", description="qlora = 4-bit nf4 base (bitsandbytes).")
@@ -89,7 +97,7 @@ class TrainConfig(_Section):
     save_steps: int = Field(10, ge=1, description="Checkpoint every N steps (resume after a crash).")
 
 
-class ExportConfig(_Section):
+class ExportConfig(Section):
     """Artifacts to ship (stage `export`)."""
 
     formats: list[str] = Field(default_factory=lambda: ["gguf:q8_0"],
@@ -98,8 +106,10 @@ class ExportConfig(_Section):
                                "its formats are added to `formats`.")
     verify: bool = Field(True, description="Verify each artifact against the merged model before calling it done.")
 
+    _known_formats = field_validator("formats")(check_formats)
 
-class EvaluateConfig(_Section):
+
+class EvaluateConfig(Section):
     """Held-out accuracy (stage `evaluate`)."""
 
     max_tokens: int = Field(192, ge=8, description="Max new tokens per answer.")
@@ -110,15 +120,10 @@ class EvaluateConfig(_Section):
         "q8_0) in llama.cpp instead of fp32 torch: the runtime that ships, ~3x faster on a CPU. The merged row then "
         "reuses the export stage's gguf:<type> file; other exports keep their own runtime. None: fp32 torch.")
 
-    @field_validator("quant")
-    @classmethod
-    def _known_gguf_type(cls, value: str | None) -> str | None:
-        from arte_edge.export.gguf import check_gguf_type
-
-        return check_gguf_type(value)
+    _known_gguf_type = field_validator("quant")(check_gguf_type)
 
 
-class BenchConfig(_Section):
+class BenchConfig(Section):
     """Latency on a device (stage `bench`)."""
 
     device: str = Field("host", description="Device profile name (devices/*.yaml) or path.")
@@ -129,14 +134,14 @@ class BenchConfig(_Section):
     threads: int = Field(2, ge=1, description="CPU threads.")
 
 
-class ReportConfig(_Section):
+class ReportConfig(Section):
     """Report and recommendation."""
 
     max_accuracy_drop: float = Field(1.0, ge=0.0, description="Recommend the fastest artifact whose accuracy "
                                      "is within this many points of the merged fp32 model.")
 
 
-class VariantsConfig(_Section):
+class VariantsConfig(Section):
     """Baselines and ablations trained beside the main method, each on its own dataset, on the same splits."""
 
     enabled: bool = Field(True, description="Train and evaluate the extra datasets a method writes "
@@ -147,13 +152,16 @@ class VariantsConfig(_Section):
                            "may turn this off to save time.")
 
 
-class Recipe(_Section):
+class Recipe(Section):
     """One pipeline: task → teacher data → student → artifacts → evaluation → report."""
 
     name: str = Field(description="Run name; the run directory defaults to runs/<name>.")
     task: str = Field(description="Built-in task name (`arte-edge data list`) or a task YAML/JSONL path.")
-    method: Literal["standard", "arte", "persd", "elad"] = Field("standard", description="How training data is made.")
+    method: str = Field("standard", description="How training data is made: standard | arte | persd | elad "
+                        "(its settings go in the section of the same name).")
     seed: int = Field(0, description="Seed for splits, sampling and training.")
+    threads: int = Field(DEFAULT_THREADS, ge=1, description="CPU threads for every section that does not set its "
+                         "own (teacher, student, train, evaluate, bench, a method's DPO).")
     teacher: ModelSpec
     student: ModelSpec
     splits: SplitsConfig = SplitsConfig()
@@ -164,9 +172,34 @@ class Recipe(_Section):
     bench: BenchConfig = BenchConfig()
     report: ReportConfig = ReportConfig()
     variants: VariantsConfig = VariantsConfig()
-    arte: ArteConfig = ArteConfig()
-    persd: PersdConfig = PersdConfig()
-    elad: EladConfig = EladConfig()
+    _method_config: Any = PrivateAttr(None)
+
+    @property
+    def method_config(self) -> Any:
+        """The validated section of the recipe's method (attached by :func:`arte_edge.recipes.validate_recipe`)."""
+        return self._method_config
+
+    def with_method_config(self, config: Any) -> Recipe:
+        """A copy carrying ``config`` as :attr:`method_config`."""
+        out = self.model_copy()
+        out._method_config = config
+        return out
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_threads(cls, data: Any) -> Any:
+        """Sections without their own ``threads`` take the recipe's (one default for the whole recipe)."""
+        if not isinstance(data, dict):
+            return data
+        threads = data.get("threads", DEFAULT_THREADS)
+        out = dict(data)
+        for name in THREADED_SECTIONS:
+            section = out.get(name)
+            if section is None and name not in ("teacher", "student"):
+                out[name] = {"threads": threads}
+            elif isinstance(section, dict) and "threads" not in section:
+                out[name] = {**section, "threads": threads}
+        return out
 
     @model_validator(mode="after")
     def _check_backends(self) -> Recipe:
@@ -181,14 +214,15 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "<root>"
 
 
-def _problems(exc: ValidationError) -> list[str]:
+def problems_of(exc: ValidationError, prefix: str = "") -> list[str]:
+    """One ``key: message`` line per validation error (``prefix`` names the section, e.g. ``arte.``)."""
     problems = []
     for err in exc.errors():
-        key = _format_loc(err["loc"])
+        key = prefix + _format_loc(err["loc"])
         if err["type"] == "extra_forbidden":
             problems.append(f"{key}: unknown key")
         else:
-            problems.append(f"{key}: {err['msg']}")
+            problems.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
     return problems
 
 
@@ -240,20 +274,17 @@ def load_recipe_data(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def validate_recipe(data: dict[str, Any], source: str) -> Recipe:
-    """Validate raw recipe data, reporting every problem at once as a ConfigError."""
+def validate_core(data: dict[str, Any]) -> tuple[Recipe | None, list[str]]:
+    """The core sections of raw recipe data (method sections removed by the caller) and every problem found."""
     try:
-        return Recipe.model_validate(data)
+        return Recipe.model_validate(data), []
     except ValidationError as exc:
-        raise ConfigError(source, _problems(exc)) from None
-
-
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load, override and validate a recipe file."""
-    data = apply_overrides(load_recipe_data(path), overrides or [])
-    return validate_recipe(data, str(path))
+        return None, problems_of(exc)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
-    """The resolved recipe as plain data (for the manifest)."""
-    return recipe.model_dump(mode="json")
+    """The resolved recipe as plain data (for the manifest): core sections plus the method's own section."""
+    out = recipe.model_dump(mode="json")
+    if recipe.method_config is not None:
+        out[recipe.method] = recipe.method_config.model_dump(mode="json")
+    return out

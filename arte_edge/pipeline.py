@@ -9,11 +9,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from arte_edge.config import Recipe, recipe_to_dict, validate_recipe
+from arte_edge.config import Recipe, recipe_to_dict
 from arte_edge.errors import ArteError, ConfigError
 from arte_edge.progress import log, quiet_libraries
-from arte_edge.rundir import STAGES, RunDir
-from arte_edge.stages.context import StageContext
+from arte_edge.runctx import RunContext
+from arte_edge.rundir import METHOD_STAGES, STAGES, RunDir
 
 VERSIONED = ("arte-edge", "torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "llama-cpp-python",
              "gguf", "onnxruntime", "onnxruntime-genai", "tokenizers")
@@ -31,11 +31,11 @@ def library_versions() -> dict[str, str]:
 
 
 def stages_for(recipe: Recipe) -> list[str]:
-    """The stages a recipe runs, in order."""
-    stages = list(STAGES)
-    if recipe.method != "arte":
-        stages.remove("align")
-    return stages
+    """The stages a recipe runs, in order: the method's extra stages (e.g. ARTE's align) only for that method."""
+    from arte_edge.methods.registry import get_method
+
+    extra = set(get_method(recipe.method).extra_stages)
+    return [s for s in STAGES if s not in METHOD_STAGES or s in extra]
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -52,8 +52,10 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
 def _as_current_version(recorded: dict[str, Any]) -> dict[str, Any]:
     """A manifest's recipe re-read by this version: options added since get their defaults, so upgrading
     arte-edge does not count as a recipe change. Unchanged when it no longer validates (an option was removed)."""
-    try:
-        return recipe_to_dict(validate_recipe(recorded, "manifest"))
+    from arte_edge.recipes import validate_recipe
+
+    try:  # sections of other methods (older versions recorded them all) are dropped, the task not re-checked
+        return recipe_to_dict(validate_recipe(recorded, "manifest", check_task=False, other_sections="drop"))
     except ConfigError:
         return recorded
 
@@ -85,7 +87,7 @@ def llama_cpp_build() -> dict[str, Any]:
     return llama_build_record()
 
 
-def record_models(ctx: StageContext) -> None:
+def record_models(ctx: RunContext) -> None:
     """Put the teacher's and student's identity (file, size, sha256) in the manifest once."""
     if "models" in ctx.run.read_manifest():
         return
@@ -115,15 +117,10 @@ def model_identity(spec: str) -> dict[str, Any]:
             "sha256": {w.name: models.sha256_of(w) for w in weights}}
 
 
-def _stage_runner(name: str) -> Callable[[StageContext], dict[str, Any]]:
+def _stage_runner(name: str) -> Callable[[RunContext], dict[str, Any]]:
     import importlib
 
-    if name == "report":
-        from arte_edge.stages import report
-
-        return lambda ctx: report.run(ctx.run, ctx.recipe.report.max_accuracy_drop)
-    module = importlib.import_module(f"arte_edge.stages.{name}")
-    return module.run
+    return importlib.import_module(f"arte_edge.stages.{name}").run
 
 
 def run_pipeline(recipe: Recipe, run_dir: str | Path, *, source: str, from_stage: str | None = None,
@@ -137,7 +134,7 @@ def run_pipeline(recipe: Recipe, run_dir: str | Path, *, source: str, from_stage
     if from_stage is not None:
         run.reset_from(from_stage)
     quiet_libraries()
-    ctx = StageContext(recipe, run)
+    ctx = RunContext(recipe, run)
     record_models(ctx)  # before the splits: a missing model is the first thing to fix
     ctx.ensure_splits()
     for name in stages:

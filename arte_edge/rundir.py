@@ -15,12 +15,14 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from arte_edge.errors import ArteError
 
 STAGES = ("generate", "align", "train", "merge", "export", "evaluate", "variants", "bench", "report")
+METHOD_STAGES = ("align",)  # run only for a method that lists them in its ``extra_stages``
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -37,6 +39,23 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, data: Any) -> None:
     """Atomically write ``data`` as indented JSON."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def partial_path(path: Path) -> Path:
+    """Where ``path`` (a file or a folder) is written until it is complete: ``<path>.partial``."""
+    return path.with_name(path.name + ".partial")
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Build a folder under ``<path>.partial`` and move it to ``path`` only when the block finishes, replacing
+    what was there; a crash leaves the old folder (or none), never a half-written one."""
+    tmp = partial_path(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
 
 
 def free_bytes(path: Path) -> int:
@@ -139,6 +158,55 @@ class RunDir:
     @property
     def rejected_path(self) -> Path:
         return self.path("data", "rejected.jsonl")
+
+    def variant_examples_path(self, arm: str) -> Path:
+        """``data/variants/<arm>/examples.jsonl``: a comparison arm's training set."""
+        return self.path("data", "variants", arm, "examples.jsonl")
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """``artifacts/``: exported GGUF files and ONNX folders, their registry and verify.json."""
+        return self.path("artifacts", ".keep").parent
+
+    @property
+    def student_dir(self) -> Path:
+        """``student/``: the main student's adapter/, merged/, checkpoints/ and training.json."""
+        return self.path("student", ".keep").parent
+
+    @property
+    def merged_dir(self) -> Path:
+        """``student/merged``: the whole trained student (exported and evaluated)."""
+        return self.student_dir / "merged"
+
+    def variant_student_dir(self, arm: str) -> Path:
+        """``student/variants/<arm>/``: an arm's adapter/, merged/, checkpoints/ and training.json."""
+        return self.path("student", "variants", arm, ".keep").parent
+
+    def eval_rows_path(self, artifact: str) -> Path:
+        """``eval/<artifact>.jsonl``: per-item predictions of one artifact."""
+        return self.path("eval", f"{artifact}.jsonl")
+
+    @property
+    def eval_summary_path(self) -> Path:
+        """``eval/summary.json``: accuracy summaries of every scored artifact."""
+        return self.path("eval", "summary.json")
+
+    def eval_model_dir(self, name: str) -> Path:
+        """``eval/models/<name>/``: a student exported only to be scored in the runtime it ships in."""
+        return self.path("eval", "models", name, ".keep").parent
+
+    def bench_path(self, device: str) -> Path:
+        """``bench/<device>.json``: raw samples and summaries of every artifact on one device."""
+        return self.path("bench", f"{device}.json")
+
+    @property
+    def report_dir(self) -> Path:
+        """``report/``: report.md, report.json, the plots, and ``sections/`` written by the method."""
+        return self.path("report", ".keep").parent
+
+    def section_path(self, method: str, suffix: str = ".md") -> Path:
+        """``report/sections/<method><suffix>``: a method's own report section (Markdown, or its JSON data)."""
+        return self.path("report", "sections", f"{method}{suffix}")
 
     # -- manifest ----------------------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any]:

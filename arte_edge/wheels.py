@@ -57,9 +57,3 @@ def open_member(wheel: Path, member: str):
         return zf.open(member)
     except KeyError as exc:
         raise ArteError(f"{wheel}: has no member {member!r}; the pinned version may be wrong") from exc
-
-
-def list_members(wheel: Path) -> list[str]:
-    """Names of all files inside ``wheel``."""
-    with zipfile.ZipFile(wheel) as zf:
-        return zf.namelist()

@@ -8,7 +8,7 @@ Step 3 of ARTE asks the student every D_pref question with one (q, r) demonstrat
 and stop at the answer line:
 - naive: ``Llama.create_chat_completion`` per conversation (streamed, stopped by the answer regex), one at a
   time (llama-cpp-python already reuses the longest common prefix with the previous prompt);
-- ours: :class:`arte_edge.methods.arte_scorer.PrefixReuseScorer` (demo prefix decoded once per demo, copied
+- ours: :class:`arte_edge.methods.arte.scorer.PrefixReuseScorer` (demo prefix decoded once per demo, copied
   into ``--batch`` sequences, suffixes and answers decoded together).
 Prints a table (evaluations/s, ratio, answer agreement, load average) and writes
 ``benchmarks/results/arte_student_eval_throughput.json``. Target: ≥ 3× the naive loop.
@@ -33,7 +33,7 @@ from typing import Any
 
 def build_workload(task_name: str, n_demos: int, n_questions: int):
     """Demonstrations (question, rationale + answer) and the D_pref-like questions, from the task's items."""
-    from arte_edge.stages.align import shot_prefix
+    from arte_edge.methods.arte.prompts import shot_prefix
     from arte_edge.tasks import get_task
 
     task = get_task(task_name)
@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from arte_edge import models
     from arte_edge.backends.base import SamplingParams
     from arte_edge.backends.llamacpp import LlamaCppChat
-    from arte_edge.methods.arte_scorer import PrefixReuseScorer
-    from arte_edge.stages.evaluate import ANSWER_DONE
+    from arte_edge.evaluation.scoring import ANSWER_DONE
+    from arte_edge.methods.arte.scorer import PrefixReuseScorer
 
     gguf = Path(args.gguf) if args.gguf else models.gguf_path("smollm2-135m-instruct")
     task, prefixes, questions = build_workload(args.task, args.demos, args.questions)

@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from arte_edge.config import apply_overrides, load_recipe
+from arte_edge.config import apply_overrides
 from arte_edge.errors import ArteError, ConfigError
+from arte_edge.recipes import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,3 +85,53 @@ def test_recipe_is_frozen(tmp_path: Path) -> None:
     recipe = load_recipe(write(tmp_path, MINIMAL))
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on frozen assignment
         recipe.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_export_formats_are_validated_at_load(tmp_path: Path) -> None:
+    bad = MINIMAL + "export: {formats: [gguf:q4_k_m, gguf:q9_9, tflite:int8]}\nevaluate: {quant: q9_9}\n"
+    with pytest.raises(ConfigError) as info:
+        load_recipe(write(tmp_path, bad))
+    formats = [p for p in info.value.problems if p.startswith("export.formats:")]
+    assert len(formats) == 1 and len(info.value.problems) == 2  # every problem at once, each naming its key
+    assert "'gguf:q9_9'" in formats[0] and "'tflite:int8'" in formats[0] and "'gguf:q4_k_m'" not in formats[0]
+    assert "gguf:q4_k_m" in formats[0] and "onnx:int4" in formats[0]  # the valid ones are listed
+    assert any(p.startswith("evaluate.quant:") for p in info.value.problems)
+    recipe = load_recipe(write(tmp_path, MINIMAL), ["export.formats=[' GGUF:Q4_K_M', onnx:int4]"])
+    assert recipe.export.formats == ["gguf:q4_k_m", "onnx:int4"]
+
+
+def test_recipe_loading_imports_no_runtime() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, arte_edge.config, arte_edge.recipes; "
+            "print([m for m in ('llama_cpp', 'torch', 'gguf', 'transformers') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_validate_loads_the_task_the_recipe_points_at(tmp_path: Path) -> None:
+    task = tmp_path / "task.yaml"
+    task.write_text("name: x\nkind: bogus_kind\ndescription: d\ndata: items.jsonl\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(write(tmp_path, MINIMAL.replace("task: arc_easy", f"task: {task}")))
+    assert info.value.problems == [f"task: {task}: kind 'bogus_kind' is not one of multiple_choice, numeric, code"]
+    with pytest.raises(ConfigError, match="task: unknown task 'arc_eazy'"):
+        load_recipe(write(tmp_path, MINIMAL.replace("task: arc_easy", "task: arc_eazy")))
+
+
+def test_one_threads_default_for_the_whole_recipe(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, MINIMAL + "threads: 1\nevaluate: {threads: 3}\n"))
+    assert (recipe.teacher.threads, recipe.student.threads, recipe.train.threads, recipe.bench.threads) == (1, 1, 1, 1)
+    assert recipe.evaluate.threads == 3  # a section's own value wins
+    assert load_recipe(write(tmp_path, MINIMAL)).train.threads == 2
+
+
+def test_method_sections_belong_to_their_method(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_recipe(write(tmp_path, MINIMAL + "method: standard\npersd: {budget: 3}\nmethod_x: 1\n"))
+    problems = info.value.problems
+    assert any(p.startswith("persd: settings for method persd, but this recipe's method is standard") for p in problems)
+    assert "method_x: unknown key" in problems
+    with pytest.raises(ConfigError, match="method: unknown method 'artee'"):
+        load_recipe(write(tmp_path, MINIMAL + "method: artee\n"))

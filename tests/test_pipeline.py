@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from arte_edge.config import load_recipe
 from arte_edge.pipeline import run_pipeline
+from arte_edge.recipes import load_recipe
 from arte_edge.rundir import read_jsonl
 from tests.helpers.oracle_teacher import serve
 
@@ -156,7 +156,7 @@ def test_kill_during_train_resumes_from_checkpoint(tmp_path: Path, tiny_model_di
     proc = subprocess.Popen(CLI + ["train", str(recipe), "--run-dir", str(run_dir)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ckpts = run_dir / "student" / "checkpoints"
-    _wait_for(lambda: any((p / "trainer_state.json").exists() for p in ckpts.glob("checkpoint-*")), 300, proc)
+    _wait_for(lambda: any((p / "trainer_state.json").exists() for p in ckpts.glob("*/checkpoint-*")), 300, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "student" / "adapter").exists()
@@ -218,6 +218,62 @@ def test_changed_recipe_needs_from(tmp_path: Path, tiny_model_dir: Path, oracle:
     assert _run_cli(["generate", str(recipe), "--run-dir", str(tmp_path / "run")]).returncode == 0
     res = _run_cli(["run", str(recipe), "--run-dir", str(tmp_path / "run"), "--set", "train.lr=0.001"])
     assert res.returncode == 2 and "train.lr" in res.stderr and "--from" in res.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_changed_train_setting_with_from_train_really_retrains(tmp_path: Path, tiny_model_dir: Path,
+                                                               oracle: str) -> None:
+    recipe = write_recipe(tmp_path, tiny_model_dir, oracle, generate={"n_examples": 6})
+    run_dir = tmp_path / "run"
+    first = _run_cli(["run", str(recipe), "--run-dir", str(run_dir), "--only", "generate", "--only", "train"])
+    assert first.returncode == 0, first.stderr
+    before = json.loads((run_dir / "manifest.json").read_text())["stages"]["train"]["outputs"]
+    assert before["steps"] == 3
+    res = _run_cli(["run", str(recipe), "--run-dir", str(run_dir), "--set", "train.epochs=2", "--from", "train",
+                    "--only", "train"])
+    assert res.returncode == 0, res.stderr
+    after = json.loads((run_dir / "manifest.json").read_text())["stages"]["train"]["outputs"]
+    assert after["steps"] == 6 and after["resumed_from"] is None and not after["reused"]
+    assert after["key"] != before["key"]
+    assert [p.name for p in (run_dir / "student" / "checkpoints").iterdir()] == [after["key"]]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_qlora_through_the_pipeline_on_cpu(tmp_path: Path, tiny_model_dir: Path, oracle: str) -> None:
+    pytest.importorskip("bitsandbytes")
+    recipe = write_recipe(tmp_path, tiny_model_dir, oracle, generate={"n_examples": 6}, train={"mode": "qlora"})
+    run = run_pipeline(load_recipe(recipe), tmp_path / "run", source=str(recipe))
+    manifest = run.read_manifest()
+    assert manifest["stages"]["report"]["status"] == "done"
+    assert manifest["stages"]["train"]["outputs"]["mode"] == "qlora"
+    assert (run.root / "student" / "merged" / "model.safetensors").exists()
+    assert json.loads((run.root / "eval" / "summary.json").read_text())["merged"]["n_eval"] == 20
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_full_fine_tuning_through_the_variants_stage(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from arte_edge.recipes import validate_recipe
+    from arte_edge.runctx import RunContext
+    from arte_edge.rundir import RunDir
+    from arte_edge.stages import variants
+
+    recipe = validate_recipe({"name": "v", "task": str(ARITH), "teacher": {"model": "t"},
+                              "student": {"model": str(tiny_model_dir), "threads": 1},
+                              "splits": {"seeds": 2, "train_pool": 10, "eval": 4},
+                              "train": {"mode": "full", "epochs": 1, "batch_size": 2, "max_length": 64, "threads": 1},
+                              "evaluate": {"max_tokens": 8, "threads": 1}}, "test")
+    run = RunDir(tmp_path / "run")
+    rows = [{"id": f"s{i}", "messages": [{"role": "user", "content": f"{i}+1?"},
+                                         {"role": "assistant", "content": f"Answer: {i + 1}"}]} for i in range(4)]
+    path = run.variant_examples_path("stand")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = variants.run(RunContext(recipe, run))
+    assert out["variants"]["stand"]["n_train"] == 4 and "accuracy" in out["variants"]["stand"]
+    merged = run.variant_student_dir("stand") / "merged"
+    assert (merged / "model.safetensors").exists() and not (merged / "adapter_config.json").exists()
 
 
 @pytest.mark.integration
@@ -300,26 +356,35 @@ def test_variants_stage_trains_every_variant_and_can_skip_the_generic_evaluation
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from arte_edge import models
     from arte_edge.backends import hf
-    from arte_edge.config import validate_recipe
+    from arte_edge.recipes import validate_recipe
+    from arte_edge.runctx import RunContext
     from arte_edge.rundir import RunDir
-    from arte_edge.stages import merge, train, variants
-    from arte_edge.stages.context import StageContext
+    from arte_edge.stages import variants
+    from arte_edge.training import merge, sft
 
     recipe = validate_recipe({"name": "v", "task": str(ARITH), "teacher": {"model": "t"}, "student": {"model": "s"},
                               "splits": {"seeds": 2, "train_pool": 10, "eval": 10}, "variants": {"evaluate": False}},
                              "test")
-    ctx = StageContext(recipe, RunDir(tmp_path))
+    ctx = RunContext(recipe, RunDir(tmp_path))
     for name, n in (("stand", 3), ("inpd", 2)):
         folder = tmp_path / "data" / "variants" / name
         folder.mkdir(parents=True)
         rows = [{"id": f"{name}{i}", "messages": [], "meta": {"teacher_calls": 2}} for i in range(n)]
         (folder / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     trained: list[int] = []
+    (tmp_path / "base").mkdir()
     monkeypatch.setattr(models, "hf_folder", lambda spec: tmp_path / "base")
-    monkeypatch.setattr(train, "train_adapter", lambda base, rows, out, *a: trained.append(len(rows)))
+
+    def fake_train(base: Path, rows: list, out: Path, *a: object) -> dict:
+        trained.append(len(rows))
+        out.mkdir(parents=True)
+        (out / "adapter_config.json").write_text("{}")
+        return {"steps": 1}
+
+    monkeypatch.setattr(sft, "train_adapter", fake_train)
     monkeypatch.setattr(merge, "merge_adapter",
                         lambda base, adapter, merged, threads: (merged.mkdir(parents=True),
-                                                                (merged / "config.json").write_text("{}")))
+                                                                (merged / "config.json").write_text("{}"), {})[2])
 
     def no_fp32_eval(*_a: object, **_k: object) -> None:
         raise AssertionError("variants.evaluate is off: no fp32 evaluation")
@@ -340,7 +405,7 @@ def test_variants_stage_trains_every_variant_and_can_skip_the_generic_evaluation
 def test_sft_warmup_rounds_down_so_short_runs_train_from_the_first_step(
         tmp_path: Path, n_rows: int, batch: int, accum: int, epochs: int, warmup: int) -> None:
     from arte_edge.config import TrainConfig
-    from arte_edge.stages.train import sft_config, warmup_steps
+    from arte_edge.training.sft import sft_config, warmup_steps
 
     assert warmup_steps(n_rows, batch, accum, epochs) == warmup
     cfg = TrainConfig(batch_size=batch, grad_accum=accum, epochs=epochs)
@@ -348,7 +413,7 @@ def test_sft_warmup_rounds_down_so_short_runs_train_from_the_first_step(
 
 
 def test_sft_warmup_counts_the_steps_of_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    from arte_edge.stages.train import rows_per_process, warmup_steps
+    from arte_edge.training.sft import rows_per_process, warmup_steps
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # accelerate launch: each process sees half the rows
     assert rows_per_process(401) == 201 and warmup_steps(rows_per_process(400), 4, 1, 1) == 5
@@ -357,9 +422,10 @@ def test_sft_warmup_counts_the_steps_of_one_process(monkeypatch: pytest.MonkeyPa
 
 
 def test_options_added_by_an_upgrade_are_not_a_recipe_change(tmp_path: Path) -> None:
-    from arte_edge.config import recipe_to_dict, validate_recipe
+    from arte_edge.config import recipe_to_dict
     from arte_edge.errors import ArteError
     from arte_edge.pipeline import init_run
+    from arte_edge.recipes import validate_recipe
     from arte_edge.rundir import RunDir
 
     recipe = validate_recipe({"name": "u", "task": str(ARITH), "teacher": {"model": "t"}, "student": {"model": "s"}},

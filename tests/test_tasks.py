@@ -461,7 +461,7 @@ def test_bare_jsonl_infers_kind(tmp_path: Path) -> None:
     ("Question: Which gas do plants take in?\nA. oxygen\nB. carbon dioxide\nAnswer: D", False),  # key not listed
 ])
 def test_drafted_multiple_choice_questions_need_their_choices(draft: str, usable: bool) -> None:
-    from arte_edge.methods.standard import read_draft
+    from arte_edge.methods.common import read_draft
 
     task = get_task("arc_easy")
     item, why = read_draft(task, draft, "arc_easy/draft")
@@ -471,7 +471,7 @@ def test_drafted_multiple_choice_questions_need_their_choices(draft: str, usable
 
 
 def test_drafted_numeric_questions_need_only_a_number() -> None:
-    from arte_edge.methods.standard import read_draft
+    from arte_edge.methods.common import read_draft
 
     item, _ = read_draft(get_task("gsm8k"), "Question: Tom has 3 apples and buys 4. How many now?\nAnswer: 7", "g/d")
     assert item is not None and item.answer == "7"

@@ -14,7 +14,7 @@ class OnnxChat:
     """Greedy/sampled chat generation with an onnxruntime-genai model folder."""
 
     def __init__(self, onnx_dir: str | Path, *, threads: int = 2, name: str | None = None):
-        from arte_edge.bench.onnx_runner import OnnxGenaiRunner
+        from arte_edge.backends.onnx_genai import OnnxGenaiRunner
 
         self.runner = OnnxGenaiRunner(onnx_dir, threads=threads)
         self.name = name or Path(onnx_dir).name

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from arte_edge.errors import ArteError
+from arte_edge.export.hf_files import hf_chat_template, read_json
+from arte_edge.rundir import partial_path
 
 # Messages-based ChatML; every turn is closed with <|im_end|>\n, as the HF ChatML templates do.
 CHATML_GO_TEMPLATE = """{{- range $i, $_ := .Messages }}
@@ -110,19 +112,15 @@ def _token_strings(hf_dir: Path) -> dict[int, str]:
     return out
 
 
-def _json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def _token_text(value: Any) -> str | None:
     return value.get("content") if isinstance(value, dict) else value if isinstance(value, str) else None
 
 
 def stop_tokens(hf_dir: Path, chat: OllamaChat) -> list[str]:
     """Stop strings: the turn-end marker, the tokenizer's EOS, generation_config's EOS ids, ``<|endoftext|>``."""
-    tok_cfg = _json(hf_dir / "tokenizer_config.json")
-    gen = _json(hf_dir / "generation_config.json")
-    config = _json(hf_dir / "config.json")
+    tok_cfg = read_json(hf_dir / "tokenizer_config.json")
+    gen = read_json(hf_dir / "generation_config.json")
+    config = read_json(hf_dir / "config.json")
     strings = _token_strings(hf_dir)
     stops = list(chat.stops)
     eos = _token_text(tok_cfg.get("eos_token"))
@@ -140,12 +138,12 @@ def stop_tokens(hf_dir: Path, chat: OllamaChat) -> list[str]:
 
 def parameters(hf_dir: Path) -> dict[str, float | int]:
     """Sampling PARAMETERs: DEFAULT_PARAMETERS overridden by generation_config.json, plus ``num_ctx``."""
-    gen = _json(hf_dir / "generation_config.json")
+    gen = read_json(hf_dir / "generation_config.json")
     params: dict[str, float | int] = dict(DEFAULT_PARAMETERS)
     for key, name in _GEN_KEYS.items():
         if isinstance(gen.get(key), int | float) and not isinstance(gen.get(key), bool):
             params[name] = gen[key]
-    max_pos = _json(hf_dir / "config.json").get("max_position_embeddings")
+    max_pos = read_json(hf_dir / "config.json").get("max_position_embeddings")
     params["num_ctx"] = min(int(max_pos), MAX_NUM_CTX) if isinstance(max_pos, int) and max_pos > 0 else 2048
     return params
 
@@ -162,10 +160,8 @@ def _triple(text: str, what: str) -> str:
 
 def render_modelfile(gguf_name: str, hf_dir: str | Path) -> str:
     """The Modelfile text for the GGUF ``gguf_name`` (relative, in the same folder) made from ``hf_dir``."""
-    from arte_edge.export.gguf import hf_chat_template
-
     hf_dir = Path(hf_dir)
-    tok_cfg = _json(hf_dir / "tokenizer_config.json")
+    tok_cfg = read_json(hf_dir / "tokenizer_config.json")
     chat = translate_chat_template(hf_chat_template(hf_dir), _token_text(tok_cfg.get("bos_token")),
                                    _token_text(tok_cfg.get("eos_token")))
     lines = [f"# Ollama Modelfile written by arte-edge. Use: ollama create NAME -f {gguf_name.removesuffix('.gguf')}"
@@ -190,7 +186,7 @@ def write_modelfile(gguf_path: str | Path, hf_dir: str | Path) -> Path:
     """Write the Modelfile for ``gguf_path`` next to it; returns its path."""
     gguf_path = Path(gguf_path)
     out = modelfile_path(gguf_path)
-    tmp = out.with_name(out.name + ".partial")
+    tmp = partial_path(out)
     tmp.write_text(render_modelfile(gguf_path.name, hf_dir), encoding="utf-8")
     tmp.replace(out)
     return out

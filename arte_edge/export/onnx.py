@@ -22,12 +22,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from arte_edge.errors import ArteError
+from arte_edge.formats import ONNX_PRECISIONS, OnnxPrecision
 
-OnnxPrecision = Literal["fp32", "int8", "int4"]
-PRECISIONS: tuple[str, ...] = get_args(OnnxPrecision)
 Progress = Callable[[str], None]
 
 MODEL_FILE = "model.onnx"
@@ -146,10 +145,10 @@ def export_onnx(
     ``builder_options`` are passed as the builder's ``--extra_options KEY=VALUE`` and replace
     ``DEFAULT_BUILDER_OPTIONS[precision]`` key by key.
     Raises ArteError for an unsupported model or a builder failure, VerificationError when the export
-    disagrees with the source model beyond the thresholds of its precision (see onnx_verify.THRESHOLDS).
+    disagrees with the source model beyond the thresholds of its precision (see formats.ONNX_THRESHOLDS).
     """
-    if precision not in PRECISIONS:
-        raise ArteError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision not in ONNX_PRECISIONS:
+        raise ArteError(f"precision {precision!r} is not one of {', '.join(ONNX_PRECISIONS)}")
     hf_dir, out_dir = Path(hf_dir).resolve(), Path(out_dir).resolve()
     say = progress or (lambda _message: None)
     config = check_exportable(hf_dir)

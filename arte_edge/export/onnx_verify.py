@@ -12,77 +12,23 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from arte_edge.export.errors import VerificationError
-
-Message = dict[str, str]
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """What an export of one precision must reach. ``max_kl`` is the mean KL(HF || ONNX) in nats."""
-
-    exact_greedy: bool
-    min_top1: float
-    max_kl: float
-
-
-# Calibrated on SmolLM2-135M-Instruct (docs/onnx.md), 7 held-out texts, 479 positions. Measured:
-# fp32 top-1 1.0, KL ~1e-11; int8 0.969, 0.004; int4 (builder RTN, block 32) 0.699, 0.397.
-# int4 cannot reach 0.80 on this model with any builder option (torch RTN fake-quant gives the same
-# 0.70), so its floor sits under the measurement; a broken or wrong export scores far below all of them.
-THRESHOLDS: dict[str, Thresholds] = {
-    "fp32": Thresholds(exact_greedy=True, min_top1=0.99, max_kl=1e-3),
-    "int8": Thresholds(exact_greedy=False, min_top1=0.95, max_kl=0.05),
-    "int4": Thresholds(exact_greedy=False, min_top1=0.65, max_kl=0.6),
-}
-
-DEFAULT_PROMPTS: tuple[tuple[Message, ...], ...] = (
-    ({"role": "user", "content": "What is the capital of France?"},),
-    ({"role": "system", "content": "You are a helpful assistant."},
-     {"role": "user", "content": "Write a Python function that returns the sum of a list of numbers."}),
-    ({"role": "user", "content": "Natalia sold clips to 48 of her friends in April, and then she sold half as "
-                                 "many clips in May. How many clips did Natalia sell altogether?"},),
-    ({"role": "user", "content": "Explain in two sentences why the sky is blue."},),
+from arte_edge.export.reference import (
+    DEFAULT_PROMPTS,
+    DEFAULT_TEXTS,
+    MAX_TEXT_TOKENS,
+    TOKENIZER_PROBES,
+    Message,
+    chat_ids,
+    common_prefix,
+    hf_greedy,
+    kl_per_position,
+    load_hf_fp32,
 )
-
-DEFAULT_TEXTS: tuple[str, ...] = (
-    "The river rose slowly through the night, and by morning the low fields along the valley were under "
-    "water. Farmers moved their animals to the hills while the town council met to decide whether the old "
-    "bridge could still carry the weight of the supply trucks.",
-    "def merge_sorted(a, b):\n    result = []\n    i = j = 0\n    while i < len(a) and j < len(b):\n"
-    "        if a[i] <= b[j]:\n            result.append(a[i])\n            i += 1\n        else:\n"
-    "            result.append(b[j])\n            j += 1\n    return result + a[i:] + b[j:]\n",
-    "A train leaves the station at 3:15 pm travelling at 80 km/h. A second train leaves the same station "
-    "45 minutes later at 120 km/h on a parallel track. The second train catches up after 1.5 hours, "
-    "because 80 * 2.25 = 180 km and 120 * 1.5 = 180 km.",
-    "Photosynthesis converts light energy into chemical energy. In the chloroplasts, water molecules are "
-    "split, oxygen is released, and the energy is stored in sugars that the plant uses to grow.",
-    "<|im_start|>user\nHow do I reverse a list in Python?<|im_end|>\n<|im_start|>assistant\nUse slicing: "
-    "`items[::-1]` returns a reversed copy, while `items.reverse()` reverses the list in place and returns "
-    "None. If you only need to loop backwards, `reversed(items)` gives an iterator without copying.<|im_end|>\n",
-    "To make a simple loaf of bread, mix 500 g of flour, 10 g of salt, 7 g of dried yeast and 320 ml of warm "
-    "water. Knead for ten minutes, let the dough rise for an hour, shape it, and bake at 220 degrees for "
-    "about 35 minutes until the crust is golden and the bottom sounds hollow when tapped.",
-    "In 1969 the Apollo 11 mission landed the first humans on the Moon. Neil Armstrong and Buzz Aldrin "
-    "spent about two and a half hours outside the lunar module, collecting samples and setting up "
-    "experiments, while Michael Collins orbited above in the command module.",
-)
-
-TOKENIZER_PROBES: tuple[str, ...] = (
-    "Hello, world! The quick brown fox jumps over the lazy dog.",
-    "12345 + 678 = 13023, 3.14159 and 2024-11-05T12:30:00Z",
-    "Ünïcödé: naïve café, 北京欢迎你, Привет мир, 🤖🚀 👍🏽",
-    "def add(a, b):\n    return a + b\n\n\tprint(add(1, 2))  # tab\n",
-    "  leading spaces,\ttabs\r\nand   runs of    spaces  ",
-    "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n",
-    "",
-)
-
-MAX_TEXT_TOKENS = 256
+from arte_edge.formats import ONNX_THRESHOLDS, Thresholds
 
 
 def verify_onnx(
@@ -109,10 +55,10 @@ def verify_onnx(
     onnx_dir = Path(onnx_dir)
     label = label or str(onnx_dir)
     precision = precision or _manifest_precision(onnx_dir) or "fp32"
-    limits = THRESHOLDS[precision]
+    limits = ONNX_THRESHOLDS[precision]
     exact = limits.exact_greedy if exact is None else exact
-    hf_model, hf_tok = _load_hf(hf_dir)
-    from arte_edge.bench.onnx_runner import OnnxGenaiRunner
+    hf_model, hf_tok = load_hf_fp32(hf_dir)
+    from arte_edge.backends.onnx_genai import OnnxGenaiRunner
 
     runner = OnnxGenaiRunner(onnx_dir, threads=None)
     with torch.inference_mode():
@@ -124,7 +70,7 @@ def verify_onnx(
             "next_token": _check_next_token(onnx_dir, hf_model, hf_tok, texts),
         }
     runner.close()
-    report["thresholds"] = {**asdict(limits), "exact_greedy": exact}
+    report["thresholds"] = {"exact_greedy": exact, "min_top1": limits.min_top1, "max_kl": limits.max_kl}
     report["failures"] = _failures(report, limits, exact)
     report["passed"] = not report["failures"]
     report["seconds"] = round(time.perf_counter() - start, 2)
@@ -137,15 +83,6 @@ def verify_onnx(
 def _manifest_precision(onnx_dir: Path) -> str | None:
     path = onnx_dir / "arte_export.json"
     return json.loads(path.read_text(encoding="utf-8")).get("precision") if path.is_file() else None
-
-
-def _load_hf(hf_dir: str | Path) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(hf_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
-    return model, tok
 
 
 def _failures(report: dict[str, Any], limits: Thresholds, exact: bool) -> list[str]:
@@ -196,10 +133,10 @@ def _check_greedy(runner: Any, hf_model: Any, hf_tok: Any, prompts: Sequence[Seq
     first_mismatch: int | None = None
     samples = []
     for i, messages in enumerate(prompts):
-        ids = _hf_chat_ids(hf_tok, messages)
-        ref = _hf_greedy(hf_model, ids, n_tokens, runner.eos_token_ids)
+        ids = chat_ids(hf_tok, messages)
+        ref = hf_greedy(hf_model, ids, n_tokens, runner.eos_token_ids)[0]
         got = list(runner.generate_ids(ids, n_tokens))
-        prefix = _common_prefix(ref, got)
+        prefix = common_prefix(ref, got)
         matched, total = matched + prefix, total + max(len(ref), 1)
         if ref != got and first_mismatch is None:
             first_mismatch = i
@@ -212,37 +149,6 @@ def _check_greedy(runner: Any, hf_model: Any, hf_tok: Any, prompts: Sequence[Seq
         "first_mismatch_prompt": first_mismatch,
         "sequences": samples,
     }
-
-
-def _hf_chat_ids(hf_tok: Any, messages: Sequence[Message]) -> list[int]:
-    text = hf_tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-    return list(hf_tok(text, add_special_tokens=False)["input_ids"])
-
-
-def _hf_greedy(model: Any, ids: list[int], n_tokens: int, eos: frozenset[int]) -> list[int]:
-    import torch
-
-    out: list[int] = []
-    past = None
-    step = torch.tensor([ids])
-    for _ in range(n_tokens):
-        result = model(input_ids=step, past_key_values=past, use_cache=True)
-        past = result.past_key_values
-        token = int(result.logits[0, -1].argmax())
-        out.append(token)
-        if token in eos:
-            break
-        step = torch.tensor([[token]])
-    return out
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _check_next_token(onnx_dir: Path, hf_model: Any, hf_tok: Any, texts: Sequence[str]) -> dict[str, Any]:
@@ -261,7 +167,7 @@ def _check_next_token(onnx_dir: Path, hf_model: Any, hf_tok: Any, texts: Sequenc
         ref = hf_model(input_ids=torch.tensor([ids])).logits[0].double().numpy()
         got = full_sequence_logits(session, ids, **shape).astype(np.float64)
         agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
-        kl_sum += float(_kl(ref, got).sum())
+        kl_sum += float(kl_per_position(ref, got).sum())
         positions += len(ids)
         max_diff = max(max_diff, float(np.abs(ref - got).max()))
     return {
@@ -271,15 +177,6 @@ def _check_next_token(onnx_dir: Path, hf_model: Any, hf_tok: Any, texts: Sequenc
         "kl_mean": kl_sum / positions if positions else float("inf"),
         "max_abs_logit_diff": max_diff,
     }
-
-
-def _kl(ref_logits: Any, got_logits: Any) -> Any:
-    """Per-position KL(softmax(ref) || softmax(got)) in nats."""
-    import numpy as np
-    from scipy.special import log_softmax
-
-    log_p, log_q = log_softmax(ref_logits, axis=-1), log_softmax(got_logits, axis=-1)
-    return (np.exp(log_p) * (log_p - log_q)).sum(-1)
 
 
 def _ort_session(onnx_dir: Path) -> Any:

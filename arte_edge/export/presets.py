@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from arte_edge.errors import ArteError
+from arte_edge.formats import FORMATS
 
 PRESETS_ENV = "ARTE_EDGE_EXPORT_PRESETS"
-_KEYS = ("gguf", "onnx", "description")
+_KEYS = (*FORMATS, "description")
 
 
 def presets_dirs() -> list[Path]:
@@ -47,13 +48,6 @@ def _find(name_or_path: str | Path) -> Path:
     raise ArteError(f"unknown export preset {text!r}; known presets: {', '.join(known_presets()) or 'none found'}")
 
 
-def _allowed() -> dict[str, tuple[str, ...]]:
-    from arte_edge.export.gguf import QUANT_TYPES
-    from arte_edge.export.onnx import PRECISIONS
-
-    return {"gguf": tuple(q.lower() for q in QUANT_TYPES), "onnx": tuple(PRECISIONS)}
-
-
 def load_export_preset(name_or_path: str | Path) -> list[str]:
     """Format specs of a preset given by name (``edge-cpu``) or YAML path, e.g. ``["gguf:q4_k_m", "onnx:int4"]``.
 
@@ -71,16 +65,15 @@ def load_export_preset(name_or_path: str | Path) -> list[str]:
     unknown = [k for k in data if k not in _KEYS]
     if unknown:
         raise ArteError(f"{path}: unknown key {unknown[0]!r}; an export preset has only {', '.join(_KEYS)}")
-    allowed = _allowed()
     specs: list[str] = []
-    for fmt in ("gguf", "onnx"):
+    for fmt in FORMATS:
         values = data.get(fmt) or []
         if not isinstance(values, list):
-            raise ArteError(f"{path}: {fmt}: expected a list like [{allowed[fmt][0]}], got {values!r}")
+            raise ArteError(f"{path}: {fmt}: expected a list like [{FORMATS[fmt][0]}], got {values!r}")
         for value in values:
             quant = str(value).strip().lower()
-            if quant not in allowed[fmt]:
-                raise ArteError(f"{path}: {fmt}: unknown type {value!r}; choose from {', '.join(allowed[fmt])}")
+            if quant not in FORMATS[fmt]:
+                raise ArteError(f"{path}: {fmt}: unknown type {value!r}; choose from {', '.join(FORMATS[fmt])}")
             spec = f"{fmt}:{quant}"
             if spec not in specs:
                 specs.append(spec)

@@ -16,74 +16,35 @@ the flip is a tie within numerical noise (the HF margin between the two tokens i
 up to that position and the position and margins are reported. Anything else is a failure. Quantized
 files only report greedy agreement (the fraction of reference tokens before the first divergence and the
 number of prompts matched exactly) and are held to top-1 and KL floors instead.
+
+The HF side (fixed inputs, fp32 outputs) is reference.py; each type's thresholds are in formats.py.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from arte_edge.errors import ArteError
 from arte_edge.export.errors import VerificationError
-from arte_edge.export.onnx_verify import DEFAULT_PROMPTS, DEFAULT_TEXTS, TOKENIZER_PROBES
-
-Message = dict[str, str]
-
-MAX_TEXT_TOKENS = 256
-# llama.cpp and torch spin-wait between ops: on a shared 2-core machine 2 threads measured 17x (llama.cpp
-# decode) and 3.4x (torch) slower than 1, while 1 thread is at most ~2x slower on an idle one.
-DEFAULT_THREADS = 1
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """What a GGUF of one type must reach. ``max_kl`` is the mean KL(HF || GGUF) in nats per position.
-
-    ``tie_atol``: max |Δlogit| under which a greedy divergence of an exact-greedy file counts as a tie flip.
-    ``min_greedy_agreement``: floor on the greedy agreement of non-exact files (0 = report only).
-    """
-
-    exact_greedy: bool
-    min_top1: float
-    max_kl: float
-    tie_atol: float = 0.05
-    min_greedy_agreement: float = 0.0
-
-
-# Calibrated on SmolLM2-135M-Instruct (hidden 576, so K-quants fall back on 180/272 tensors; its HF weights
-# are themselves dequantized from a Q4_1 GGUF, a pessimistic case for requantizing) with the default
-# prompts and texts (479 teacher-forced positions: top-1 has a standard error of ~0.01-0.02):
-#   type     top-1   KL(HF||GGUF)  greedy agreement   size      with an imatrix (top-1 / KL / greedy)
-#   F16      1.000   3.7e-6        1.00 (exact)       270.9 MB  max |Δlogit| 0.065
-#   Q8_0     0.965   0.0039        1.00               144.8 MB
-#   Q6_K     0.958   0.011         0.91               138.4 MB  (180 tensors are Q8_0 by fallback)
-#   Q5_K_M   0.875   0.075         0.59               112.1 MB  0.965 / 0.0069 / 0.91
-#   Q4_K_M   0.898   0.056         0.77               105.5 MB  0.919 / 0.032 / 0.84
-#   Q4_0     0.745   0.323         0.34                91.7 MB  0.793 / 0.193 / 0.75
-# Floors sit >= 2 standard errors under those measurements and KL ceilings at ~1.5-5x, so a healthy export
-# of another small student passes while a broken one (wrong tokenizer, norm or RoPE layout: KL >> 1) does
-# not. Q8_0's floor is 0.93 rather than 0.95 (its flips are near-ties at KL 0.004; 0.95 is ~2 standard
-# errors away); Q4_0/Q4_1 get 0.70 (0.80 would reject a plain Q4_0 of SmolLM2).
-THRESHOLDS: dict[str, Thresholds] = {
-    "F32": Thresholds(exact_greedy=True, min_top1=0.99, max_kl=1e-3, tie_atol=0.05),
-    "F16": Thresholds(exact_greedy=True, min_top1=0.99, max_kl=5e-3, tie_atol=0.25),
-    "BF16": Thresholds(exact_greedy=True, min_top1=0.98, max_kl=2e-2, tie_atol=1.0),
-    "Q8_0": Thresholds(exact_greedy=False, min_top1=0.93, max_kl=0.02),
-    "Q6_K": Thresholds(exact_greedy=False, min_top1=0.90, max_kl=0.05),
-    "Q5_K_M": Thresholds(exact_greedy=False, min_top1=0.80, max_kl=0.3),
-    "Q5_K_S": Thresholds(exact_greedy=False, min_top1=0.80, max_kl=0.3),
-    "Q5_0": Thresholds(exact_greedy=False, min_top1=0.80, max_kl=0.3),
-    "Q5_1": Thresholds(exact_greedy=False, min_top1=0.80, max_kl=0.3),
-    "Q4_K_M": Thresholds(exact_greedy=False, min_top1=0.80, max_kl=0.3),
-    "Q4_K_S": Thresholds(exact_greedy=False, min_top1=0.80, max_kl=0.3),
-    "Q4_0": Thresholds(exact_greedy=False, min_top1=0.70, max_kl=0.5),
-    "Q4_1": Thresholds(exact_greedy=False, min_top1=0.70, max_kl=0.5),
-    "Q3_K_M": Thresholds(exact_greedy=False, min_top1=0.60, max_kl=1.0),
-    "Q2_K": Thresholds(exact_greedy=False, min_top1=0.45, max_kl=2.0),
-}
+from arte_edge.export.llama_log import capture_llama_log, last_error
+from arte_edge.export.reference import (
+    DEFAULT_PROMPTS,
+    DEFAULT_TEXTS,
+    DEFAULT_THREADS,
+    TOKENIZER_PROBES,
+    HFReference,
+    Message,
+    common_prefix,
+    hf_reference,
+    kl_per_position,
+)
+from arte_edge.formats import Thresholds, qtype_of_ftype, thresholds_for
+from arte_edge.llama_build import check_llama_build
+from arte_edge.models.gguf_file import read_header
 
 EXTRA_PROBES: tuple[str, ...] = (
     "0 1 2 3 4 5 6 7 8 9 10 100 1000 123456789 3.14 -42 1e-5 0x1F",
@@ -93,31 +54,11 @@ EXTRA_PROBES: tuple[str, ...] = (
 )
 
 
-def thresholds_for(qtype: str, overrides: dict[str, Any] | None = None) -> Thresholds:
-    """The thresholds of ``qtype`` (case-insensitive), with ``overrides`` (field → value) applied."""
-    name = qtype.upper()
-    if name not in THRESHOLDS:
-        raise ArteError(f"no verification thresholds for GGUF type {qtype!r}; known: {', '.join(THRESHOLDS)}")
-    limits = THRESHOLDS[name]
-    if overrides:
-        unknown = set(overrides) - set(asdict(limits))
-        if unknown:
-            raise ArteError(f"unknown GGUF verification threshold(s) {sorted(unknown)}; "
-                            f"known: {', '.join(asdict(limits))}")
-        limits = replace(limits, **overrides)
-    return limits
-
 
 def gguf_file_type(path: str | Path) -> str | None:
     """The quant type name recorded in a GGUF's ``general.file_type`` (e.g. ``Q4_K_M``), if known."""
-    import llama_cpp
-
-    from arte_edge.export.gguf import QUANT_TYPES, read_gguf_header
-
-    ftype = read_gguf_header(path)[0].get("general.file_type")
-    if ftype is None:
-        return None
-    return next((name for name, (const, _) in QUANT_TYPES.items() if getattr(llama_cpp, const) == ftype), None)
+    ftype = read_header(Path(path)).metadata.get("general.file_type")
+    return None if ftype is None else qtype_of_ftype(ftype)
 
 
 def check_gguf_loads_in_llama_cpp(path: str | Path, *, threads: int | None = None) -> dict[str, Any]:
@@ -151,68 +92,19 @@ def open_llama(path: Path, *, n_ctx: int, logits_all: bool, threads: int | None 
     """A quiet ``llama_cpp.Llama`` for ``path``; ArteError with llama.cpp's last log line on failure."""
     from llama_cpp import Llama
 
-    from arte_edge.export.gguf import _capture_llama_log, _last_error
-
     if not Path(path).is_file():
         raise ArteError(f"{path}: GGUF file does not exist")
+    check_llama_build()
     kwargs: dict[str, Any] = {"n_ctx": n_ctx, "n_batch": min(n_ctx, 512), "logits_all": logits_all,
                               "verbose": False, "n_gpu_layers": 0}
     if threads:
         kwargs["n_threads"] = kwargs["n_threads_batch"] = threads
-    with _capture_llama_log() as log:
+    with capture_llama_log() as log:
         try:
             return Llama(str(path), **kwargs)
         except (ValueError, RuntimeError) as exc:
-            raise ArteError(f"{path}: llama.cpp cannot load it ({_last_error(log) or exc}); "
+            raise ArteError(f"{path}: llama.cpp cannot load it ({last_error(log) or exc}); "
                             "re-export it with this llama-cpp-python version") from exc
-
-
-@dataclass
-class HFReference:
-    """What the HF model says on the verification inputs, computed once and reused for every artifact.
-
-    ``greedy``: per prompt, the greedy tokens and the logits at each step; ``text_logits``: teacher-forced
-    logits ``[len(ids), vocab]`` per text (float32).
-    """
-
-    hf_dir: Path
-    tokenizer: Any
-    prompts: list[list[Message]]
-    prompt_ids: list[list[int]]
-    greedy: list[tuple[list[int], list[Any]]]
-    text_ids: list[list[int]]
-    text_logits: list[Any]
-    eos_ids: frozenset[int]
-    n_tokens: int
-    seconds: float
-
-
-def hf_reference(hf_dir: str | Path, *, prompts: Sequence[Sequence[Message]] = DEFAULT_PROMPTS,
-                 texts: Sequence[str] = DEFAULT_TEXTS, n_tokens: int = 16,
-                 threads: int | None = None) -> HFReference:
-    """Run the fp32 HF model once on the verification prompts and texts (see HFReference).
-
-    ``threads``: torch threads for this call only (default DEFAULT_THREADS); restored afterwards.
-    """
-    import torch
-
-    start = time.perf_counter()
-    hf_model, hf_tok = _load_hf(Path(hf_dir))
-    eos = _eos_ids(hf_model, hf_tok)
-    prompt_ids = [_chat_ids(hf_tok, m) for m in prompts]
-    text_ids = [ids for ids in (list(hf_tok(t, add_special_tokens=True)["input_ids"])[:MAX_TEXT_TOKENS]
-                                for t in texts) if len(ids) >= 2]
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads or DEFAULT_THREADS)
-    try:
-        with torch.inference_mode():
-            greedy = [_hf_greedy(hf_model, ids, n_tokens, eos) for ids in prompt_ids]
-            text_logits = [hf_model(input_ids=torch.tensor([ids])).logits[0].float().numpy() for ids in text_ids]
-    finally:
-        torch.set_num_threads(previous)
-    del hf_model
-    return HFReference(Path(hf_dir), hf_tok, [list(m) for m in prompts], prompt_ids, greedy, text_ids,
-                       text_logits, eos, n_tokens, round(time.perf_counter() - start, 2))
 
 
 def verify_gguf(
@@ -234,9 +126,10 @@ def verify_gguf(
 
     ``qtype`` picks the thresholds (default: the file's ``general.file_type``); ``exact`` overrides whether
     greedy continuations must match token for token (default: only 16/32-bit); ``thresholds`` overrides
-    single fields of THRESHOLDS. ``reference`` (from ``hf_reference``) skips re-running the HF model; its
-    prompts/texts then replace ``prompts``/``texts``/``n_tokens``. ``threads`` for torch and llama.cpp
-    (default DEFAULT_THREADS). Raises VerificationError naming the artifact and the first failed check.
+    single fields of the type's thresholds (``formats.GGUF_TYPES``). ``reference`` (from ``hf_reference``)
+    skips re-running the HF model; its prompts/texts then replace ``prompts``/``texts``/``n_tokens``.
+    ``threads`` for torch and llama.cpp (default DEFAULT_THREADS). Raises VerificationError naming the
+    artifact and the first failed check.
     """
     start = time.perf_counter()
     gguf_path = Path(gguf_path)
@@ -273,31 +166,6 @@ def verify_gguf(
 
 def _round_up(n: int, k: int) -> int:
     return (n + k - 1) // k * k
-
-
-def _load_hf(hf_dir: Path) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(hf_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
-    return model, tok
-
-
-def _chat_ids(hf_tok: Any, messages: Sequence[Message]) -> list[int]:
-    text = hf_tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-    return list(hf_tok(text, add_special_tokens=False)["input_ids"])
-
-
-def _eos_ids(hf_model: Any, hf_tok: Any) -> frozenset[int]:
-    """Ids that end a continuation: generation_config's eos ids and the tokenizer's eos."""
-    ids: set[int] = set()
-    gen = getattr(hf_model, "generation_config", None)
-    value = getattr(gen, "eos_token_id", None)
-    ids.update(value if isinstance(value, list) else [value] if value is not None else [])
-    if hf_tok.eos_token_id is not None:
-        ids.add(hf_tok.eos_token_id)
-    return frozenset(int(i) for i in ids)
 
 
 # ------------------------------------------------------------------------------------------------ tokenizer
@@ -347,7 +215,7 @@ def _check_greedy(llm: Any, ref: HFReference, tie_atol: float) -> dict[str, Any]
     samples = []
     for i, (ids, (want, want_logits)) in enumerate(zip(ref.prompt_ids, ref.greedy, strict=True)):
         got, got_logits = _llama_greedy(llm, ids, ref.n_tokens, ref.eos_ids)
-        prefix = _common_prefix(want, got)
+        prefix = common_prefix(want, got)
         total += max(len(want), 1)
         samples.append({"hf": want, "gguf": got})
         if want == got:
@@ -369,7 +237,7 @@ def _check_greedy(llm: Any, ref: HFReference, tie_atol: float) -> dict[str, Any]
         "divergences": divergences,
         "exact": not divergences,
         "agreement": matched / total if total else 1.0,
-        "strict_agreement": sum(_common_prefix(s["hf"], s["gguf"]) for s in samples) / total if total else 1.0,
+        "strict_agreement": sum(common_prefix(s["hf"], s["gguf"]) for s in samples) / total if total else 1.0,
         "sequences": samples,
     }
 
@@ -386,26 +254,6 @@ def _divergence(prompt: int, pos: int, ref: list[int], got: list[int], ref_logit
         info.update(hf_token=a, gguf_token=b, hf_margin=float(hf[a] - hf[b]), gguf_margin=float(gg[b] - gg[a]),
                     max_abs_logit_diff=float(np.abs(hf[:n] - gg[:n]).max()))
     return info
-
-
-def _hf_greedy(model: Any, ids: list[int], n_tokens: int, eos: frozenset[int]) -> tuple[list[int], list[Any]]:
-    import torch
-
-    out: list[int] = []
-    logits: list[Any] = []
-    past = None
-    step = torch.tensor([ids])
-    for _ in range(n_tokens):
-        result = model(input_ids=step, past_key_values=past, use_cache=True)
-        past = result.past_key_values
-        row = result.logits[0, -1].float().numpy()
-        token = int(row.argmax())
-        out.append(token)
-        logits.append(row)
-        if token in eos:
-            break
-        step = torch.tensor([[token]])
-    return out, logits
 
 
 def _llama_greedy(llm: Any, ids: list[int], n_tokens: int, eos: frozenset[int]) -> tuple[list[int], list[Any]]:
@@ -426,15 +274,6 @@ def _llama_greedy(llm: Any, ids: list[int], n_tokens: int, eos: frozenset[int]) 
     return out, logits
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 # ------------------------------------------------------------------------------------------------ next token
 
 
@@ -450,7 +289,7 @@ def _check_next_token(llm: Any, ref: HFReference) -> dict[str, Any]:
         n = min(ref_logits.shape[-1], got.shape[-1])
         want, got = ref_logits[:, :n].astype(np.float64), got[:, :n]
         agree += int((want.argmax(-1) == got.argmax(-1)).sum())
-        kl_sum += float(_kl(want, got).sum())
+        kl_sum += float(kl_per_position(want, got).sum())
         positions += len(ids)
         max_diff = max(max_diff, float(np.abs(want - got).max()))
     return {
@@ -460,13 +299,6 @@ def _check_next_token(llm: Any, ref: HFReference) -> dict[str, Any]:
         "kl_mean": kl_sum / positions if positions else float("inf"),
         "max_abs_logit_diff": max_diff,
     }
-
-
-def _kl(ref_logits: Any, got_logits: Any) -> Any:
-    """Per-position KL(softmax(ref) || softmax(got)): the one implementation shared with ONNX verification."""
-    from arte_edge.export.onnx_verify import _kl as kl
-
-    return kl(ref_logits, got_logits)
 
 
 # ------------------------------------------------------------------------------------------------ verdict

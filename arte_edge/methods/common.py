@@ -4,6 +4,7 @@ durable, resumable loop that writes accepted and rejected records in batches."""
 from __future__ import annotations
 
 import itertools
+import random
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from arte_edge.backends.base import ChatModel, Completion, Message, SamplingParams
+from arte_edge.evaluation.scoring import answer_messages
 from arte_edge.rundir import JsonlAppender, read_jsonl
 from arte_edge.tasks.base import Check, Item, Task
 
@@ -49,15 +51,6 @@ def chat_all(model: ChatModel, conversations: Sequence[Sequence[Message]], param
 def teacher_window(teacher: ChatModel) -> int:
     """Candidates produced per batched teacher call: the backend's concurrency or decode batch size."""
     return max(1, int(getattr(teacher, "parallel", 0) or getattr(teacher, "batch_size", 1) or 1))
-
-
-def answer_messages(task: Task, item: Item, demos: Iterable[tuple[str, str]] = ()) -> list[Message]:
-    """The conversation asking a model to answer ``item``: system prompt, optional demos, the question."""
-    messages: list[Message] = [{"role": "system", "content": task.system_prompt}]
-    for question, answer in demos:
-        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    messages.append({"role": "user", "content": task.user_prompt(item)})
-    return messages
 
 
 TEACHER_STYLE = (" Be concise: explain in one to three short sentences, then write the final answer line exactly as"
@@ -224,3 +217,31 @@ class DurableCollector:
             "teacher_prompt_tokens": sum(r["meta"].get("prompt_tokens", 0) for r in rows),
             "teacher_completion_tokens": sum(r["meta"].get("completion_tokens", 0) for r in rows),
         }
+
+
+# ---- drafting new questions (standard synthesize, ARTE) ----------------------------------------------
+
+def draft_messages(task: Task, seeds: Sequence[Item], rng: random.Random) -> list[Message]:
+    """Ask the teacher for one new question in the style of (a shuffled sample of) the seeds."""
+    shown = rng.sample(list(seeds), k=min(3, len(seeds)))
+    examples = "\n\n".join(f"Question:\n{s.question}\nAnswer: {s.answer}" for s in shown)
+    user = (f"{task.description}\n\nHere are example questions with their answers:\n\n{examples}\n\n"
+            "Write ONE new question of the same kind and difficulty, different from the examples, in exactly the "
+            "same format. Then give its correct answer on a final line 'Answer: <answer>'. "
+            "Output only the question and the answer line.")
+    return [{"role": "system", "content": "You are an expert writer of exam questions."},
+            {"role": "user", "content": user}]
+
+
+def read_draft(task: Task, text: str, item_id: str) -> tuple[Item | None, str]:
+    """A drafted question and its key as an Item, or None with the reason the draft is unusable (no key, a stub
+    of a question, or what the task rejects, e.g. a multiple-choice question without its choices)."""
+    key = task.extract_answer(text)
+    question = rationale_of(text).removeprefix("Question:").strip()
+    if not key:
+        return None, "unparseable draft (no answer key)"
+    if len(question) < 10:
+        return None, "unparseable draft (no question)"
+    item = Item(id=item_id, question=question, answer=key, source_split="synthetic")
+    problem = task.draft_problem(item)
+    return (None, f"unusable draft: {problem}") if problem else (item, "")

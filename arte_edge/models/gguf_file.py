@@ -43,6 +43,16 @@ class TensorInfo:
     def n_elements(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def type_name(self) -> str:
+        """The ggml type's name (``F16``, ``Q4_K``); ValueError for a type the gguf package does not know."""
+        from gguf.constants import GGMLQuantizationType
+
+        try:
+            return GGMLQuantizationType(self.ggml_type).name
+        except ValueError:
+            raise ValueError(f"tensor {self.name!r} has unknown ggml type {self.ggml_type}") from None
+
 
 @dataclass
 class GGUFHeader:

@@ -7,11 +7,11 @@ from typing import Any
 from arte_edge.artifacts import list_artifacts
 from arte_edge.bench.core import BenchSettings, bench_artifact
 from arte_edge.progress import log, progress
+from arte_edge.runctx import RunContext
 from arte_edge.rundir import atomic_write_json
-from arte_edge.stages.context import StageContext
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: RunContext) -> dict[str, Any]:
     """Benchmark each artifact in its own process and write bench/<device>.json."""
     cfg = ctx.recipe.bench
     settings = BenchSettings(threads=cfg.threads, prompt_tokens=cfg.prompt_tokens, gen_tokens=cfg.gen_tokens,
@@ -28,7 +28,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 log(f"[yellow]warning: the machine was busy while benchmarking {artifact.name}; "
                     "numbers may be low[/yellow]")
             advance(1)
-    out = ctx.run.path("bench", f"{device}.json")
+    out = ctx.run.bench_path(device)
     atomic_write_json(out, {"device": device, "artifacts": results})
     return {"bench": str(out.relative_to(ctx.run.root)),
             "decode_tok_s": {k: round(v["summary"]["decode_tok_s"], 1) for k, v in results.items()}}

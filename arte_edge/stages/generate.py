@@ -1,59 +1,13 @@
-"""Stage `generate`: the teacher produces checked training examples into data/examples.jsonl."""
+"""Stage `generate`: the recipe's method writes the training data of every arm (see methods/base.py)."""
 
 from __future__ import annotations
 
-from arte_edge.errors import ArteError
-from arte_edge.progress import log, progress
-from arte_edge.stages.context import StageContext
+from typing import Any
+
+from arte_edge.methods.registry import get_method
+from arte_edge.runctx import RunContext
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: RunContext) -> dict[str, Any]:
     """Generate training data with the recipe's method; resumes from what the files already hold."""
-    from arte_edge.backends import open_chat_model
-    from arte_edge.methods import standard
-    from arte_edge.methods.common import DurableCollector
-
-    recipe, gen = ctx.recipe, ctx.recipe.generate
-    if recipe.method != "standard":
-        import importlib
-
-        # Each student-aware method writes data/examples.jsonl (its main dataset) and, for its baselines and
-        # ablations, data/variants/<name>/examples.jsonl; the variants stage trains and evaluates those.
-        return importlib.import_module(f"arte_edge.methods.{recipe.method}").generate_datasets(ctx)
-    if gen.questions == "synthesize" and ctx.task.kind == "code":
-        raise ArteError("generate.questions: 'synthesize' needs answer-checked tasks; code tasks need unit tests, "
-                        "use 'pool' (or method: persd)")
-    collector = DurableCollector(ctx.run.examples_path, ctx.run.rejected_path)
-    if collector.n_accepted >= gen.n_examples or collector.n_attempted >= gen.max_attempts:
-        log(f"generate: {collector.n_accepted} examples already in {ctx.run.examples_path}")
-        return collector.totals()
-    pool, seeds = ctx.split("train_pool"), ctx.split("seeds")
-    if gen.questions == "pool" and not pool:
-        raise ArteError("splits.train_pool: is 0 but generate.questions is 'pool'; give the teacher questions")
-    if gen.questions == "synthesize" and not seeds:
-        raise ArteError("splits.seeds: is 0 but generate.questions is 'synthesize'; show the teacher ≥ 1 seed")
-    settings = standard.GenerationSettings(teacher_name=recipe.teacher.model, seed=recipe.seed,
-                                           temperature=gen.temperature,
-                                           question_temperature=gen.question_temperature, max_tokens=gen.max_tokens,
-                                           answer_followup=gen.answer_followup)
-    teacher = open_chat_model(recipe.teacher, seed=recipe.seed)
-    try:
-        with progress(f"generate ({gen.questions}, teacher {recipe.teacher.model})", gen.n_examples) as advance:
-            seen = [collector.n_accepted]
-            advance(collector.n_accepted)
-
-            def on_progress(accepted: int, attempted: int) -> None:
-                advance(accepted - seen[0], f"generate: {accepted} kept / {attempted} tried")
-                seen[0] = accepted
-
-            totals = standard.generate(teacher, ctx.task, pool=pool, seeds=seeds, mode=gen.questions,
-                                       collector=collector, settings=settings, target=gen.n_examples,
-                                       max_attempts=gen.max_attempts, batch_size=gen.batch_size,
-                                       on_progress=on_progress)
-    finally:
-        teacher.close()
-    if totals["n_examples"] == 0:
-        raise ArteError(f"generate: the teacher produced no example that passed the checker "
-                        f"({totals['n_rejected']} rejected, reasons in {ctx.run.rejected_path}); "
-                        "try a stronger teacher or more generate.max_attempts")
-    return totals
+    return get_method(ctx.recipe.method).generate(ctx)

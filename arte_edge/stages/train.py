@@ -1,176 +1,33 @@
-"""Stage `train`: (Q)LoRA fine-tuning of the student on data/examples.jsonl with TRL's SFTTrainer.
+"""Stage `train`: fine-tune the student on data/examples.jsonl (see :mod:`arte_edge.training`).
 
-Completion-only loss: each example becomes a conversational prompt/completion pair, so only the assistant's
-answer is learned. Checkpoints every ``train.save_steps``; a killed run resumes from the last checkpoint.
-On CPU bf16 and gradient checkpointing are forced off (both are slower on this class of machine).
+The adapter goes to ``student/adapter``; checkpoints to ``student/checkpoints/<key>``, keyed by the settings, data
+and base model that produce them: an unchanged recipe resumes after a crash, a changed one trains afresh.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
 from typing import Any
 
-from arte_edge.config import TrainConfig
 from arte_edge.errors import ArteError
-from arte_edge.progress import log, progress, quiet_libraries
+from arte_edge.runctx import RunContext
 from arte_edge.rundir import read_jsonl
-from arte_edge.stages.context import StageContext
 
 
-def to_prompt_completion(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """TRL conversational prompt/completion records from ``messages`` records (last turn = completion)."""
-    out = []
-    for row in rows:
-        messages = row["messages"]
-        if not messages or messages[-1]["role"] != "assistant":
-            raise ArteError(f"example {row.get('id')}: the last message must be the assistant's answer")
-        out.append({"prompt": messages[:-1], "completion": messages[-1:]})
-    return out
-
-
-def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest complete Trainer checkpoint in ``output_dir`` (one with trainer_state.json)."""
-    ckpts = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    complete = [p for p in ckpts if (p / "trainer_state.json").exists()]
-    return str(complete[-1]) if complete else None
-
-
-def load_student(model_dir: Path, cfg: TrainConfig):
-    """The base student for training: fp32 on CPU, or nf4 4-bit for QLoRA."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    if cfg.mode != "qlora":
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    from peft import prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig
-
-    compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=compute)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, dtype=compute)
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=torch.cuda.is_available())
-
-
-def warmup_steps(n_rows: int, micro_batch: int, grad_accum: int, epochs: float, ratio: float = 0.1) -> int:
-    """Warm-up optimizer steps: ``ratio`` of the run's optimizer steps, rounded down.
-
-    Rounded up (what a fractional ``warmup_steps`` gives in transformers), a run of fewer than 10 steps spends its
-    first step at learning rate 0, and a one-step run (a handful of examples) never updates the model at all.
-    """
-    import math
-
-    steps_per_epoch = math.ceil(math.ceil(n_rows / micro_batch) / grad_accum)
-    return int(ratio * math.ceil(steps_per_epoch * epochs))
-
-
-def rows_per_process(n_rows: int) -> int:
-    """Rows one training process sees (``accelerate launch`` shards the data over ``WORLD_SIZE`` processes)."""
-    import math
-    import os
-
-    return math.ceil(n_rows / max(1, int(os.environ.get("WORLD_SIZE", "1"))))
-
-
-def sft_config(cfg: TrainConfig, output_dir: Path, seed: int, n_rows: int):
-    """TRL SFTConfig for this recipe (10% warm-up, then cosine); CPU-safe precision settings."""
-    import torch
-    from trl import SFTConfig
-
-    cuda = torch.cuda.is_available()
-    return SFTConfig(
-        output_dir=str(output_dir), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, lr_scheduler_type="cosine",
-        warmup_steps=warmup_steps(rows_per_process(n_rows), cfg.batch_size, cfg.grad_accum, cfg.epochs),
-        logging_steps=1,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
-        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False, activation_checkpointing=False,
-        max_length=cfg.max_length, completion_only_loss=True, packing=False, report_to=[], seed=seed,
-        dataloader_num_workers=0, use_cpu=not cuda, disable_tqdm=True, save_only_model=False,
-    )
-
-
-def lora_config(cfg: TrainConfig):
-    """The peft LoRA adapter configuration."""
-    from peft import LoraConfig
-
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
-
-
-def train_adapter(base_dir: Path, examples: list[dict[str, Any]], out_dir: Path, cfg: TrainConfig, seed: int,
-                  work_dir: Path) -> dict[str, Any]:
-    """Fine-tune ``base_dir`` on ``examples``; saves the adapter (or full model) to ``out_dir``."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-    from trl import SFTTrainer
-
-    quiet_libraries()
-    torch.set_num_threads(cfg.threads)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = load_student(base_dir, cfg)
-    dataset = Dataset.from_list(to_prompt_completion(examples))
-    trainer = SFTTrainer(model=model, args=sft_config(cfg, work_dir, seed, len(dataset)), train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=None if cfg.mode == "full" else lora_config(cfg))
-    resume = last_checkpoint(work_dir)
-    if resume:
-        log(f"train: resuming from {resume}")
-    with progress("train", trainer.state.max_steps or None) as advance:
-        trainer.add_callback(_progress_callback(advance))
-        result = trainer.train(resume_from_checkpoint=resume)
-    # Under `accelerate launch` every rank gets here. save_model is collective (FSDP gathers shards) and
-    # writes on the main process only; everything else in the run directory is the main process's job.
-    main = trainer.accelerator.is_main_process
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp))
-    if main:
-        tokenizer.save_pretrained(str(tmp))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
-        (out_dir.parent / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    trainer.accelerator.wait_for_everyone()
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    return {"steps": trainer.state.global_step, "train_loss": round(result.training_loss, 4),
-            "first_loss": history[0]["loss"] if history else None,
-            "last_loss": history[-1]["loss"] if history else None,
-            "runtime_s": round(result.metrics.get("train_runtime", 0.0), 1), "mode": cfg.mode,
-            "world_size": trainer.accelerator.num_processes,
-            "resumed_from": resume}
-
-
-def _progress_callback(advance):
-    """A TrainerCallback that drives the progress bar (defined lazily: transformers is heavy)."""
-    from transformers import TrainerCallback
-
-    class ProgressCallback(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            advance(state.global_step, f"train: {state.max_steps} steps")
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                advance(0, f"train: step {state.global_step}/{state.max_steps} loss {logs['loss']:.3f}")
-
-        def on_step_end(self, args, state, control, **kwargs):
-            advance(1)
-
-    return ProgressCallback()
-
-
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: RunContext) -> dict[str, Any]:
     """Train the student's adapter on the run's examples."""
     from arte_edge import models
+    from arte_edge.methods.registry import get_method
+    from arte_edge.progress import log
+    from arte_edge.training.student import adopt_trained, ensure_trained
 
     examples = read_jsonl(ctx.run.examples_path)
     if not examples:
         raise ArteError(f"{ctx.run.examples_path}: no training examples; run the generate stage first")
     base_dir = models.hf_folder(ctx.recipe.student.model)
-    out = ctx.run.path("student", "adapter")
-    stats = train_adapter(base_dir, examples, out, ctx.recipe.train, ctx.recipe.seed,
-                          ctx.run.path("student", "checkpoints", ".keep").parent)
-    return {"adapter": str(out.relative_to(ctx.run.root)), "n_train": len(examples), "base": str(base_dir), **stats}
+    recipe = ctx.recipe
+    already = get_method(recipe.method).trained_students(ctx).get("main")
+    if already and adopt_trained(already, ctx.run.student_dir, base_dir, examples, recipe.train, recipe.seed):
+        log(f"train: method {recipe.method} already trained this student ({already}); not training it again")
+    student = ensure_trained(base_dir, examples, ctx.run.student_dir, recipe.train, recipe.seed)
+    return {"adapter": str(student.adapter.relative_to(ctx.run.root)), "n_train": len(examples),
+            "base": str(base_dir), "key": student.key, "reused": student.reused, **student.stats}

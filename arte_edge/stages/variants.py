@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from arte_edge.progress import log
+from arte_edge.runctx import RunContext
 from arte_edge.rundir import atomic_write_json, read_jsonl
-from arte_edge.stages.context import StageContext
 
 
 def variant_datasets(root: Path, include: list[str] | None) -> dict[str, Path]:
@@ -31,14 +31,15 @@ def _teacher_cost(rows: list[dict[str, Any]], meta_path: Path) -> int:
     return sum(r.get("meta", {}).get("teacher_calls", 0) for r in rows)
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: RunContext) -> dict[str, Any]:
     """Train → merge → evaluate (unless ``variants.evaluate`` is off) every variant dataset; results go to
     eval/summary.json as variant-<name>."""
     from arte_edge import models
     from arte_edge.artifacts import Artifact, as_gguf, content_key, open_artifact
-    from arte_edge.stages.evaluate import eval_params, evaluate_model, summarise
-    from arte_edge.stages.merge import merge_adapter
-    from arte_edge.stages.train import train_adapter
+    from arte_edge.evaluation.scoring import eval_params, evaluate_model
+    from arte_edge.evaluation.summary import summarise
+    from arte_edge.methods.registry import get_method
+    from arte_edge.training.student import adopt_trained, train_and_merge
 
     if not ctx.recipe.variants.enabled:
         return {"variants": {}}
@@ -46,18 +47,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     base_dir = models.hf_folder(ctx.recipe.student.model)
     items = ctx.split("eval")
     params = eval_params(ctx.task, ctx.recipe.evaluate.max_tokens)
-    summary_path = ctx.run.root / "eval" / "summary.json"
+    summary_path = ctx.run.eval_summary_path
+    already = get_method(ctx.recipe.method).trained_students(ctx)
     out: dict[str, Any] = {}
     for name, path in datasets.items():
         rows = read_jsonl(path)
         if not rows:
             log(f"variant {name}: empty dataset, skipped")
             continue
-        work = ctx.run.path("student", "variants", name, ".keep").parent
-        merged = work / "merged"
-        if not (merged / "config.json").exists():
-            train_adapter(base_dir, rows, work / "adapter", ctx.recipe.train, ctx.recipe.seed, work / "checkpoints")
-            merge_adapter(base_dir, work / "adapter", merged, ctx.recipe.train.threads)
+        work = ctx.run.variant_student_dir(name)
+        if name in already and adopt_trained(already[name], work, base_dir, rows, ctx.recipe.train, ctx.recipe.seed):
+            log(f"variant {name}: method {ctx.recipe.method} already trained it; not training it again")
+        merged = train_and_merge(base_dir, rows, work, ctx.recipe.train, ctx.recipe.seed).merged
         out[name] = {"n_train": len(rows), "teacher_calls": _teacher_cost(rows, path.parent / "cost.json")}
         if not ctx.recipe.variants.evaluate:
             _forget_accuracy(summary_path, f"variant-{name}")  # a score of an earlier run must not sit beside it
@@ -69,12 +70,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
         model = open_artifact(variant, ctx.run.root, threads=ctx.recipe.evaluate.threads, device_faithful=True)
         try:
             key = content_key(variant, ctx.run.root, params.max_tokens)
-            results = evaluate_model(model, ctx.task, items, ctx.run.path("eval", f"variant-{name}.jsonl"), params,
+            results = evaluate_model(model, ctx.task, items, ctx.run.eval_rows_path(f"variant-{name}"), params,
                                      label=f"variant {name}", key=key)
         finally:
             model.close()
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        base_rows = read_jsonl(ctx.run.root / "eval" / "base.jsonl")
+        base_rows = read_jsonl(ctx.run.eval_rows_path("base"))
         scored = summarise({"base": base_rows, f"variant-{name}": results} if base_rows
                            else {f"variant-{name}": results}, "base" if base_rows else None)
         summary[f"variant-{name}"] = scored[f"variant-{name}"] | {"format": variant.format, "quant": variant.quant}
@@ -89,9 +90,8 @@ def _forget_accuracy(summary_path: Path, key: str) -> None:
         atomic_write_json(summary_path, summary)
 
 
-def _method_after_variants(ctx: StageContext) -> dict[str, Any]:
+def _method_after_variants(ctx: RunContext) -> dict[str, Any]:
     """A method's own evaluation of the variant students (e.g. PERsD's HumanEval table), when it has one."""
-    import importlib
+    from arte_edge.methods.registry import get_method
 
-    hook = getattr(importlib.import_module(f"arte_edge.methods.{ctx.recipe.method}"), "after_variants", None)
-    return (hook(ctx) or {}) if hook else {}
+    return get_method(ctx.recipe.method).after_variants(ctx) or {}

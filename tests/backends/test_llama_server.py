@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration,
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from arte_edge.export.gguf import convert_to_gguf
+    from arte_edge.export.converter import convert_to_gguf
 
     out = tmp_path_factory.mktemp("gguf") / "tiny.f16.gguf"
     convert_to_gguf(tiny_model_dir, out, "f16")

@@ -17,11 +17,15 @@ from typing import TYPE_CHECKING
 import pytest
 
 from arte_edge.errors import ArteError
+from arte_edge.export import converter as C
 from arte_edge.export import gguf as G
+from arte_edge.export import quantize as Q
 from arte_edge.export.errors import VerificationError
+from arte_edge.formats import GGUF_TYPES, normalize_qtype
+from arte_edge.models.gguf_file import read_header
 
 if TYPE_CHECKING:
-    from arte_edge.export.verify import HFReference
+    from arte_edge.export.reference import HFReference
 
 CALIBRATION = [
     "The river rose slowly through the night, and by morning the low fields were under water.",
@@ -35,7 +39,7 @@ CALIBRATION = [
 
 @pytest.fixture(scope="module")
 def converter() -> Path:
-    return G.ensure_converter()
+    return C.ensure_converter()
 
 
 @dataclass
@@ -65,7 +69,7 @@ def tiny_gguf(exported: Exported) -> Path:
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir: Path) -> HFReference:
     """The tiny HF model's outputs on the default verification inputs, computed once."""
-    from arte_edge.export.verify import hf_reference
+    from arte_edge.export.reference import hf_reference
 
     return hf_reference(tiny_model_dir)
 
@@ -123,33 +127,33 @@ def test_converter_extracted_once_with_its_gguf_py(converter: Path) -> None:
     assert converter.name == "convert_hf_to_gguf.py"
     assert (root / "gguf-py" / "gguf" / "__init__.py").is_file()
     assert (root / "conversion" / "__init__.py").is_file()  # the local package the converter imports
-    assert root.name == G.llama_cpp_version()
+    assert root.name == C.llama_cpp_version()
     before = converter.stat().st_mtime_ns
-    assert G.ensure_converter() == converter
+    assert C.ensure_converter() == converter
     assert converter.stat().st_mtime_ns == before
 
 
 def test_converter_extraction_into_a_fresh_cache(converter: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Extraction from an sdist already on disk (linked, not downloaded): complete, public, no temp dirs left."""
-    sdist = G._find_sdist(G.cache_dir() / "sdist", G.llama_cpp_version())
+    sdist = C._find_sdist(C.cache_dir() / "sdist", C.llama_cpp_version())
     if sdist is None:
         pytest.skip("the llama-cpp-python sdist is not in the cache (converter was extracted elsewhere)")
     monkeypatch.setenv("ARTE_EDGE_CACHE", str(tmp_path))
     (tmp_path / "sdist").mkdir()
     (tmp_path / "sdist" / sdist.name).symlink_to(sdist)
-    (tmp_path / "llama.cpp-converter" / G.llama_cpp_version()).mkdir(parents=True)  # a broken earlier attempt
-    script = G.ensure_converter()
-    assert script == tmp_path / "llama.cpp-converter" / G.llama_cpp_version() / "convert_hf_to_gguf.py"
+    (tmp_path / "llama.cpp-converter" / C.llama_cpp_version()).mkdir(parents=True)  # a broken earlier attempt
+    script = C.ensure_converter()
+    assert script == tmp_path / "llama.cpp-converter" / C.llama_cpp_version() / "convert_hf_to_gguf.py"
     assert (script.parent / "gguf-py" / "gguf" / "gguf_reader.py").is_file()
     assert not (script.parent / "ggml").exists()  # only the Python converter, not the C++ tree
-    assert sorted(p.name for p in script.parent.parent.iterdir()) == [G.llama_cpp_version()]
+    assert sorted(p.name for p in script.parent.parent.iterdir()) == [C.llama_cpp_version()]
     assert script.parent.stat().st_mode & 0o055 == 0o055
-    assert G.converter_architectures(script) == G.converter_architectures(converter)
+    assert C.converter_architectures(script) == C.converter_architectures(converter)
 
 
 def test_converter_registry(converter: Path) -> None:
-    archs = G.converter_architectures(converter)
+    archs = C.converter_architectures(converter)
     assert {"LlamaForCausalLM", "Qwen2ForCausalLM", "Gemma3ForCausalLM"} <= archs
     assert "FooForCausalLM" not in archs
 
@@ -157,9 +161,9 @@ def test_converter_registry(converter: Path) -> None:
 def test_convert_tiny_model_to_f16(tiny_gguf: Path) -> None:
     assert tiny_gguf.is_file()
     assert not tiny_gguf.with_name(tiny_gguf.name + ".partial").exists()
-    info = G.describe_gguf(tiny_gguf)
+    info = Q.describe_gguf(tiny_gguf)
     assert info["type_histogram"] == {"F16": 15, "F32": 5}  # 2-D weights f16, norms f32
-    kv, _ = G.read_gguf_header(tiny_gguf)
+    kv = read_header(tiny_gguf).metadata
     assert kv["general.architecture"] == "llama"
     assert kv["tokenizer.ggml.pre"] == "smollm"
     assert kv["tokenizer.ggml.eos_token_id"] == 2
@@ -169,10 +173,10 @@ def test_header_reader_agrees_with_gguf_reader(tiny_gguf: Path) -> None:
     from gguf import GGUFReader
 
     reader = GGUFReader(str(tiny_gguf))
-    ours = {t["name"]: (t["type"], t["n_bytes"], t["n_elements"]) for t in G.gguf_tensor_info(tiny_gguf)}
+    ours = {t["name"]: (t["type"], t["n_bytes"], t["n_elements"]) for t in Q.gguf_tensor_info(tiny_gguf)}
     theirs = {t.name: (t.tensor_type.name, int(t.n_bytes), int(t.n_elements)) for t in reader.tensors}
     assert ours == theirs
-    kv, _ = G.read_gguf_header(tiny_gguf)
+    kv = read_header(tiny_gguf).metadata
     assert kv["tokenizer.chat_template"] == reader.get_field("tokenizer.chat_template").contents()
 
 
@@ -192,8 +196,8 @@ def test_corrupt_gguf_is_refused(tmp_path: Path) -> None:
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(ArteError, match=r"bad\.gguf"):
         check_gguf_loads_in_llama_cpp(bad)
-    with pytest.raises(ArteError, match="not a readable GGUF"):
-        G.describe_gguf(tmp_path / "bad.gguf")
+    with pytest.raises(ArteError, match=r"bad\.gguf: unsupported GGUF version 0"):
+        Q.describe_gguf(tmp_path / "bad.gguf")
 
 
 # ---------------------------------------------------------------------------------------------- refusals
@@ -203,14 +207,14 @@ def test_refuses_unknown_architecture(tiny_model_dir: Path, converter: Path, tmp
     model = _copy_model(tiny_model_dir, tmp_path / "foo")
     _edit_json(model / "config.json", architectures=["FooForCausalLM"])
     with pytest.raises(ArteError, match=r"config\.json: architecture 'FooForCausalLM' is not supported"):
-        G.convert_to_gguf(model, tmp_path / "out.gguf")
+        C.convert_to_gguf(model, tmp_path / "out.gguf")
     assert not list(tmp_path.glob("out.gguf*"))
 
 
 def test_refuses_tokenizer_larger_than_embeddings(tiny_model_dir: Path, converter: Path, tmp_path: Path) -> None:
     model = _random_model(tiny_model_dir, tmp_path / "small_vocab", seed=2, vocab_size=49000)
     with pytest.raises(ArteError, match=r"tokenizer has 49152 tokens but the embedding matrix has 49000 rows"):
-        G.convert_to_gguf(model, tmp_path / "out.gguf")
+        C.convert_to_gguf(model, tmp_path / "out.gguf")
 
 
 def test_refuses_missing_chat_template(tiny_model_dir: Path, converter: Path, tmp_path: Path) -> None:
@@ -218,8 +222,8 @@ def test_refuses_missing_chat_template(tiny_model_dir: Path, converter: Path, tm
     (model / "chat_template.jinja").unlink(missing_ok=True)
     _edit_json(model / "tokenizer_config.json", chat_template=None)
     with pytest.raises(ArteError, match="no chat template"):
-        G.convert_to_gguf(model, tmp_path / "out.gguf")
-    found = G.check_convertible(model, allow_no_chat_template=True, converter=converter)
+        C.convert_to_gguf(model, tmp_path / "out.gguf")
+    found = C.check_convertible(model, allow_no_chat_template=True, converter=converter)
     assert found["has_chat_template"] is False
 
 
@@ -231,7 +235,7 @@ def test_converter_failure_reports_its_last_line(tiny_model_dir: Path, converter
     (model / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
     out = tmp_path / "odd.gguf"
     with pytest.raises(ArteError, match=r"llama\.cpp converter failed: .*pre-tokenizer") as info:
-        G.convert_to_gguf(model, out)
+        C.convert_to_gguf(model, out)
     assert "\n" not in str(info.value)
     assert not out.exists() and not out.with_name("odd.gguf.partial").exists()
     assert out.with_name("odd.gguf.convert.log").is_file()
@@ -241,15 +245,15 @@ def test_converter_failure_reports_its_last_line(tiny_model_dir: Path, converter
 
 
 def test_quant_names_are_case_insensitive() -> None:
-    assert G.normalize_qtype("q4_k_m") == G.normalize_qtype("Q4_K_M") == "Q4_K_M"
+    assert normalize_qtype("q4_k_m") == normalize_qtype("Q4_K_M") == "Q4_K_M"
     for name in ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0"):
-        assert G.normalize_qtype(name.lower()) == name
+        assert normalize_qtype(name.lower()) == name
     with pytest.raises(ArteError, match="unknown GGUF quant type 'q3_xx'"):
-        G.normalize_qtype("q3_xx")
+        normalize_qtype("q3_xx")
 
 
 def test_quantize_q8_0(tiny_gguf: Path, tmp_path: Path) -> None:
-    res = G.quantize_gguf(tiny_gguf, tmp_path / "tiny.q8_0.gguf", "q8_0")
+    res = Q.quantize_gguf(tiny_gguf, tmp_path / "tiny.q8_0.gguf", "q8_0")
     assert res.qtype == "Q8_0" and res.path.is_file()
     assert res.type_histogram == {"Q8_0": 15, "F32": 5}
     assert res.n_fallback == 0 and res.n_off_base == 0
@@ -264,7 +268,7 @@ def test_full_disk_is_named_before_quantizing(tiny_gguf: Path, tmp_path: Path,
     # A full disk makes llama.cpp fail with "basic_ios::clear: iostream error"; the check names the folder first.
     monkeypatch.setattr("arte_edge.rundir.free_bytes", lambda _path: 1000)
     with pytest.raises(ArteError, match=r"out: the Q8_0 GGUF needs about 0\.\d GB but the disk has 0\.0 GB free"):
-        G.quantize_gguf(tiny_gguf, tmp_path / "out" / "tiny.q8_0.gguf", "q8_0")
+        Q.quantize_gguf(tiny_gguf, tmp_path / "out" / "tiny.q8_0.gguf", "q8_0")
     assert not (tmp_path / "out").exists()
 
 
@@ -272,18 +276,18 @@ def test_full_disk_is_named_before_converting(tiny_model_dir: Path, converter: P
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("arte_edge.rundir.free_bytes", lambda _path: 1000)
     with pytest.raises(ArteError, match=r"the f16 GGUF of .* needs about .* GB free; free space"):
-        G.convert_to_gguf(tiny_model_dir, tmp_path / "x.gguf", "f16")
+        C.convert_to_gguf(tiny_model_dir, tmp_path / "x.gguf", "f16")
 
 
 def test_size_estimate_is_close_to_the_written_file(tiny_model_dir: Path, tiny_gguf: Path) -> None:
-    estimate = G.estimated_gguf_bytes(tiny_model_dir, "f16")
+    estimate = C.estimated_gguf_bytes(tiny_model_dir, "f16")
     assert 0.8 < estimate / tiny_gguf.stat().st_size < 1.3
 
 
 def test_quantize_q4_k_m_reports_fallbacks(tiny_gguf: Path, tmp_path: Path) -> None:
     # Every block matrix has 64 or 128 columns, not a multiple of 256: all 14 fall back (Q4_K→Q5_0,
     # Q6_K→Q8_0); the tied embedding gets Q8_0 by the output-tensor rule (off base, not a fallback).
-    res = G.quantize_gguf(tiny_gguf, tmp_path / "tiny.q4_k_m.gguf", "Q4_K_M")
+    res = Q.quantize_gguf(tiny_gguf, tmp_path / "tiny.q4_k_m.gguf", "Q4_K_M")
     assert res.base_type == "Q4_K"
     assert res.n_fallback == 14
     assert len(res.fallback_tensors) == 14
@@ -295,14 +299,14 @@ def test_quantize_q4_k_m_reports_fallbacks(tiny_gguf: Path, tmp_path: Path) -> N
 
 
 def test_quantize_q4_0_has_no_shape_fallback_on_blocks(tiny_gguf: Path, tmp_path: Path) -> None:
-    res = G.quantize_gguf(tiny_gguf, tmp_path / "tiny.q4_0.gguf", "Q4_0")
+    res = Q.quantize_gguf(tiny_gguf, tmp_path / "tiny.q4_0.gguf", "Q4_0")
     assert res.type_histogram["Q4_0"] == 14
     assert set(res.fallback_tensors) == {"token_embd.weight"}  # planned Q6_K for the tied output → Q8_0
 
 
 def test_quantize_missing_source(tmp_path: Path) -> None:
     with pytest.raises(ArteError, match="does not exist"):
-        G.quantize_gguf(tmp_path / "none.gguf", tmp_path / "out.gguf", "Q8_0")
+        Q.quantize_gguf(tmp_path / "none.gguf", tmp_path / "out.gguf", "Q8_0")
 
 
 def test_imatrix_matches_hf_activations(tiny_model_dir: Path, tiny_gguf: Path, tmp_path: Path) -> None:
@@ -311,9 +315,10 @@ def test_imatrix_matches_hf_activations(tiny_model_dir: Path, tiny_gguf: Path, t
     import torch
     from transformers import AutoModelForCausalLM
 
+    from arte_edge.export.imatrix import compute_imatrix
     from arte_edge.export.verify import open_llama
 
-    imatrix = G.compute_imatrix(tiny_gguf, CALIBRATION, tmp_path / "tiny.imatrix.gguf", chunk=64)
+    imatrix = compute_imatrix(tiny_gguf, CALIBRATION, tmp_path / "tiny.imatrix.gguf", chunk=64)
     tensors = {t.name: np.asarray(t.data, dtype=np.float64).reshape(-1)
                for t in __import__("gguf").GGUFReader(str(imatrix)).tensors}
     assert {f"blk.{i}.{w}.weight.in_sum2" for i in (0, 1) for w in ("attn_q", "attn_k", "attn_v", "attn_output",
@@ -329,8 +334,8 @@ def test_imatrix_matches_hf_activations(tiny_model_dir: Path, tiny_gguf: Path, t
     mean_sq = tensors["blk.0.attn_q.weight.in_sum2"] / len(ids)
     np.testing.assert_allclose(mean_sq, (x * x).mean(0), rtol=2e-2)
 
-    with_im = G.quantize_gguf(tiny_gguf, tmp_path / "im.gguf", "Q4_0", imatrix=imatrix)
-    without = G.quantize_gguf(tiny_gguf, tmp_path / "plain.gguf", "Q4_0")
+    with_im = Q.quantize_gguf(tiny_gguf, tmp_path / "im.gguf", "Q4_0", imatrix=imatrix)
+    without = Q.quantize_gguf(tiny_gguf, tmp_path / "plain.gguf", "Q4_0")
     assert with_im.imatrix == str(imatrix)
     assert with_im.path.read_bytes() != without.path.read_bytes()
 
@@ -361,7 +366,7 @@ def test_verification_detects_a_different_model(tiny_model_dir: Path, converter:
     from arte_edge.export.verify import verify_gguf
 
     other = _random_model(tiny_model_dir, tmp_path / "seed1", seed=1)
-    wrong = G.convert_to_gguf(other, tmp_path / "seed1.f16.gguf")
+    wrong = C.convert_to_gguf(other, tmp_path / "seed1.f16.gguf")
     with pytest.raises(VerificationError, match=r"seed1\.f16\.gguf: GGUF verification failed \(F16\): ") as info:
         verify_gguf(tiny_model_dir, wrong, exact=True, reference=reference)
     assert "\n" not in str(info.value)
@@ -390,14 +395,14 @@ def test_verification_detects_a_norm_offset_bug(tiny_model_dir: Path, tiny_gguf:
 
 
 def test_thresholds_overrides() -> None:
-    from arte_edge.export.verify import THRESHOLDS, thresholds_for
+    from arte_edge.formats import thresholds_for
 
-    assert thresholds_for("q4_k_m") == THRESHOLDS["Q4_K_M"]
+    assert thresholds_for("q4_k_m") == GGUF_TYPES["Q4_K_M"].thresholds
     assert thresholds_for("Q8_0", {"min_top1": 0.5}).min_top1 == 0.5
     with pytest.raises(ArteError, match="unknown GGUF verification threshold"):
         thresholds_for("Q8_0", {"min_top_1": 0.5})
-    for name in ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0"):
-        assert name in THRESHOLDS and name in G.QUANT_TYPES
+    with pytest.raises(ArteError, match="no verification thresholds for GGUF type 'Q9_9'"):
+        thresholds_for("Q9_9")
 
 
 # ---------------------------------------------------------------------------------------------- export + Modelfile
@@ -430,13 +435,13 @@ def test_export_drops_the_f16_intermediate(tiny_model_dir: Path, tiny_gguf: Path
 
 def test_failed_verification_leaves_no_final_artifact(tiny_model_dir: Path, tiny_gguf: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from arte_edge.export import verify
+    from arte_edge.export import reference, verify
 
     def fail(*_args: object, **kwargs: object) -> dict[str, object]:
         raise VerificationError(f"{kwargs['label']}: GGUF verification failed (Q8_0): next-token top-1 0.1 < 0.95")
 
     monkeypatch.setattr(G, "convert_to_gguf", _fake_converter(tiny_gguf))
-    monkeypatch.setattr(verify, "hf_reference", lambda *_a, **_k: object())
+    monkeypatch.setattr(reference, "hf_reference", lambda *_a, **_k: object())
     monkeypatch.setattr(verify, "verify_gguf", fail)
     with pytest.raises(VerificationError, match=r"tiny\.q8_0\.gguf: GGUF verification failed"):
         G.export_gguf(tiny_model_dir, tmp_path, ["q8_0"], "tiny")

@@ -11,7 +11,8 @@ import pytest
 pytest.importorskip("onnxruntime_genai")
 pytest.importorskip("onnx_ir")
 
-from arte_edge.bench.onnx_runner import OnnxGenaiRunner, run_onnx
+from arte_edge.backends.onnx_genai import OnnxGenaiRunner
+from arte_edge.bench.onnx_runner import run_onnx
 from arte_edge.errors import ArteError
 from arte_edge.export.errors import VerificationError
 from arte_edge.export.onnx import (

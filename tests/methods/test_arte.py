@@ -11,15 +11,18 @@ from pathlib import Path
 import pytest
 
 from arte_edge.backends.base import Completion, Message, SamplingParams
-from arte_edge.config import ModelSpec, Recipe, load_recipe
-from arte_edge.errors import ArteError
-from arte_edge.methods.arte_config import ArteConfig
-from arte_edge.methods.arte_scorer import ChatModelScorer, common_prefix_len
+from arte_edge.config import ModelSpec, Recipe, TrainConfig
+from arte_edge.errors import ArteError, ConfigError
+from arte_edge.methods import arte as A
+from arte_edge.methods.arte import students
+from arte_edge.methods.arte.config import ArteConfig, DpoConfig, dpo_settings
+from arte_edge.methods.arte.scorer import ChatModelScorer, common_prefix_len
+from arte_edge.recipes import load_recipe, validate_recipe
+from arte_edge.runctx import RunContext
 from arte_edge.rundir import RunDir, read_jsonl
-from arte_edge.stages import align as A
-from arte_edge.stages.context import StageContext
 from arte_edge.tasks import get_task
 from arte_edge.tasks.base import Item
+from arte_edge.training.dpo import dpo_warmup_steps, train_dpo
 
 ROOT = Path(__file__).resolve().parents[2]
 ARITH = ROOT / "tests" / "data" / "arith" / "task.yaml"
@@ -180,12 +183,12 @@ def test_rationale_pairs_are_best_vs_worst() -> None:
 def test_dpo_changes_the_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    cfg = ArteConfig(dpo_lr=1e-3, dpo_batch_size=2, dpo_micro_batch=2, dpo_lora_r=4, dpo_lora_alpha=8,
-                     dpo_max_length=64, dpo_threads=1)
+    cfg = dpo_settings(DpoConfig(lr=1e-3, batch_size=2, micro_batch=2, lora_r=4, lora_alpha=8, max_length=64,
+                                 threads=1), TrainConfig())
     pairs = [{"prompt": [{"role": "user", "content": f"What is {i} + 1?"}],
               "chosen": [{"role": "assistant", "content": f"Answer: {i + 1}"}],
               "rejected": [{"role": "assistant", "content": f"Answer: {i + 7}"}]} for i in range(2)]
-    metrics = A.train_dpo(tiny_model_dir, pairs, tmp_path / "t" / "adapter", cfg, seed=0)
+    metrics = train_dpo(tiny_model_dir, pairs, tmp_path / "t" / "adapter", cfg, seed=0)
     weights = load_file(tmp_path / "t" / "adapter" / "adapter_model.safetensors")
     lora_b = [v for k, v in weights.items() if "lora_B" in k]
     # LoRA B starts at zero: a single optimizer step must move it (no warm-up step at learning rate 0)
@@ -197,12 +200,21 @@ def test_dpo_changes_the_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("n_pairs", "batch", "warmup"), [(300, 16, 1), (2, 16, 0), (24, 4, 0), (160, 4, 4)])
 def test_dpo_warmup_rounds_down(n_pairs: int, batch: int, warmup: int) -> None:
-    assert A.dpo_warmup_steps(ArteConfig(dpo_batch_size=batch), n_pairs) == warmup
+    assert dpo_warmup_steps(dpo_settings(DpoConfig(batch_size=batch), TrainConfig()), n_pairs) == warmup
+
+
+def test_dpo_takes_unset_lora_and_threads_from_train() -> None:
+    train = TrainConfig(lora_r=8, lora_alpha=16, threads=3, batch_size=4, max_length=512)
+    got = dpo_settings(DpoConfig(), train)
+    assert (got.lora_r, got.lora_alpha, got.threads) == (8, 16, 3)
+    assert (got.batch_size, got.max_length, got.lr) == (16, 1024, 1e-7)  # no train counterpart at today's value
+    own = dpo_settings(DpoConfig(lora_r=4, lora_alpha=8, threads=1), train)
+    assert (own.lora_r, own.lora_alpha, own.threads) == (4, 8, 1)
 
 
 # --------------------------------------------------------------------------- steps 1–5, select mode
 def _recipe(n_examples: int = 6, **arte) -> Recipe:
-    return Recipe.model_validate({
+    return validate_recipe({
         "name": "arte-tiny", "task": str(ARITH), "method": "arte", "seed": 0,
         "teacher": {"model": "fake", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
         "student": {"model": "fake-student"},
@@ -210,7 +222,7 @@ def _recipe(n_examples: int = 6, **arte) -> Recipe:
         "generate": {"n_examples": n_examples, "max_attempts": 30, "max_tokens": 64},
         "arte": {"n_drafts": 12, "preference_size": 8, "irt_shots": [0, 1, 2, 3], "question_pairs": 5,
                  "rationale_pairs": 20, **arte},
-    })
+    }, "test")
 
 
 def test_generate_datasets_select_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -219,11 +231,11 @@ def test_generate_datasets_select_mode(tmp_path: Path, monkeypatch: pytest.Monke
 
     recipe = _recipe(alignment="select")
     monkeypatch.setattr(backends, "open_chat_model", lambda spec, seed=0, name=None: FakeTeacher())
-    monkeypatch.setattr(A, "student_scorer", lambda ctx: (ChatModelScorer(FakeStudent(), SamplingParams()),
-                                                          {"kind": "fake", "path": "-"}))
-    monkeypatch.setattr(A, "irt_scorers", lambda ctx: {f"m{b}": (lambda b=b: ChatModelScorer(
+    monkeypatch.setattr(students, "student_scorer", lambda ctx: (ChatModelScorer(FakeStudent(), SamplingParams()),
+                                                                 {"kind": "fake", "path": "-"}))
+    monkeypatch.setattr(students, "irt_scorers", lambda ctx: {f"m{b}": (lambda b=b: ChatModelScorer(
         FakeStudent(bonus=b), SamplingParams())) for b in range(3)})
-    ctx = StageContext(recipe, RunDir(tmp_path / "run"))
+    ctx = RunContext(recipe, RunDir(tmp_path / "run"))
     ctx.ensure_splits()
     out = arte.generate_datasets(ctx)
 
@@ -257,7 +269,7 @@ def test_generate_datasets_select_mode(tmp_path: Path, monkeypatch: pytest.Monke
     assert "D_pref" in section and "fake" in section
     # idempotent: a rerun makes no teacher or student call
     monkeypatch.setattr(backends, "open_chat_model", lambda spec, seed=0, name=None: _NoCalls())
-    monkeypatch.setattr(A, "student_scorer", lambda ctx: pytest.fail("student must not be reopened"))
+    monkeypatch.setattr(students, "student_scorer", lambda ctx: pytest.fail("student must not be reopened"))
     assert arte.generate_datasets(ctx)["n_examples"] == 6
 
 
@@ -267,7 +279,7 @@ class _NoCalls(FakeTeacher):
 
 
 def test_dpo_needs_local_teacher_weights(tmp_path: Path) -> None:
-    ctx = StageContext(_recipe(alignment="dpo"), RunDir(tmp_path))
+    ctx = RunContext(_recipe(alignment="dpo"), RunDir(tmp_path))
     with pytest.raises(ArteError, match=r"arte\.alignment"):
         A.check_alignment_possible(ctx)
 
@@ -275,15 +287,15 @@ def test_dpo_needs_local_teacher_weights(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- fast scorer
 @pytest.fixture(scope="module")
 def tiny_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from arte_edge.export.gguf import convert_to_gguf
+    from arte_edge.export.converter import convert_to_gguf
 
     return convert_to_gguf(tiny_model_dir, tmp_path_factory.mktemp("arte-gguf") / "tiny.f16.gguf")
 
 
 def test_prefix_reuse_scorer_matches_naive_loop(tiny_gguf: Path) -> None:
     from arte_edge.backends.llamacpp import LlamaCppChat
-    from arte_edge.methods.arte_scorer import PrefixReuseScorer
-    from arte_edge.stages.evaluate import ANSWER_DONE
+    from arte_edge.evaluation.scoring import ANSWER_DONE
+    from arte_edge.methods.arte.scorer import PrefixReuseScorer
 
     task = get_task(str(ARITH))
     items = task.load()[:7]
@@ -306,8 +318,8 @@ def test_prefix_reuse_scorer_matches_naive_loop(tiny_gguf: Path) -> None:
 def test_student_answers_dpref_in_the_requested_quant(tiny_model_dir: Path, tmp_path: Path) -> None:
     recipe = _recipe(student_quant="q8_0", verify_export=False).model_copy(
         update={"student": ModelSpec(model=str(tiny_model_dir), threads=1)})
-    ctx = StageContext(recipe, RunDir(tmp_path / "run"))
-    scorer, info = A.student_scorer(ctx)
+    ctx = RunContext(recipe, RunDir(tmp_path / "run"))
+    scorer, info = students.student_scorer(ctx)
     try:
         assert info["kind"] == "gguf"
         assert info["path"] == str(tmp_path / "run" / "align" / "student" / "student.q8_0.gguf")
@@ -329,18 +341,28 @@ def test_common_prefix_len() -> None:
 @pytest.mark.parametrize("name", ["arte-gsm8k.yaml", "arte-arc-easy.yaml"])
 def test_recipes_validate(name: str) -> None:
     recipe = load_recipe(ROOT / "configs" / name)
-    assert recipe.method == "arte" and recipe.splits.preference >= recipe.arte.preference_size
-    assert set(recipe.arte.variants) == {"unaligned", "question-only", "rationale-only"}
+    assert recipe.method == "arte" and recipe.splits.preference >= recipe.method_config.preference_size
+    assert set(recipe.method_config.variants) == {"unaligned", "question-only", "rationale-only"}
 
 
 def test_arte_config_defaults_are_the_papers() -> None:
     cfg = ArteConfig()
     assert (cfg.preference_size, cfg.n_drafts, len(cfg.styles), cfg.question_pairs, cfg.rationale_pairs) == \
         (40, 250, 4, 50, 250)
-    assert (cfg.dpo_lr, cfg.dpo_batch_size, cfg.dpo_epochs, cfg.dpo_warmup_ratio, cfg.quantile) == \
+    assert (cfg.dpo.lr, cfg.dpo.batch_size, cfg.dpo.epochs, cfg.dpo.warmup_ratio, cfg.quantile) == \
         (1e-7, 16, 1.0, 0.1, 0.25)
     with pytest.raises(ValueError):
         ArteConfig(unknown=1)
+    with pytest.raises(ValueError):
+        ArteConfig(dpo={"unknown": 1})
+
+
+def test_old_flat_dpo_keys_fail_naming_their_new_place() -> None:
+    with pytest.raises(ConfigError) as info:
+        _recipe(dpo_lr=1e-5, dpo_epochs=2)
+    assert info.value.problems == ["arte.dpo_lr: renamed to arte.dpo.lr", "arte.dpo_epochs: renamed to arte.dpo.epochs"]
+    assert "arte.dpo_lr: renamed to arte.dpo.lr" in str(info.value)
+    assert _recipe(dpo={"lr": 1e-5}).method_config.dpo.lr == 1e-5
 
 
 # ------------------------------------------------------------------------------- batched teacher calls
@@ -375,7 +397,7 @@ def _arith_task():
 def test_regenerate_batches_attempts_and_stops_where_a_sequential_run_stops(tmp_path: Path) -> None:
     from arte_edge.methods import arte
 
-    ctx = StageContext(_recipe(n_examples=12), RunDir(tmp_path / "run"))
+    ctx = RunContext(_recipe(n_examples=12), RunDir(tmp_path / "run"))
     ctx.ensure_splits()
     path = tmp_path / "regen.jsonl"
     teacher = _RecordingTeacher()
@@ -396,7 +418,7 @@ def test_regenerate_batches_attempts_and_stops_where_a_sequential_run_stops(tmp_
 
 # ------------------------------------------------------------------------------- stale intermediate files
 def test_changed_recipe_retires_the_changed_step_and_later_ones(tmp_path: Path) -> None:
-    from arte_edge.methods.arte_fingerprint import retire_stale_steps
+    from arte_edge.methods.arte.fingerprint import retire_stale_steps
 
     align = tmp_path / "align"
     assert retire_stale_steps(align, _recipe()) == []  # first use: adopts the fingerprints
@@ -416,23 +438,23 @@ def test_changed_recipe_retires_the_changed_step_and_later_ones(tmp_path: Path) 
 
 
 def test_dpo_setting_change_keeps_the_scores(tmp_path: Path) -> None:
-    from arte_edge.methods.arte_fingerprint import retire_stale_steps
+    from arte_edge.methods.arte.fingerprint import retire_stale_steps
 
     align = tmp_path / "align"
     retire_stale_steps(align, _recipe())
     (align / "scores.jsonl").write_text("{}\n")
     (align / "teachers").mkdir()
-    assert retire_stale_steps(align, _recipe(dpo_lr=1e-5)) == ["teachers"]
-    assert retire_stale_steps(align, _recipe(dpo_lr=1e-5, question_pairs=3)) == []  # no teacher trained yet
+    assert retire_stale_steps(align, _recipe(dpo={"lr": 1e-5})) == ["teachers"]
+    assert retire_stale_steps(align, _recipe(dpo={"lr": 1e-5}, question_pairs=3)) == []  # no teacher trained yet
     assert (align / "scores.jsonl").exists()  # pair counts change the DPO step, not the student's scores
 
 
 def test_regenerated_rationale_rejections_name_the_token_budget() -> None:
-    from arte_edge.methods.arte import _rationale_rejection
+    from arte_edge.methods.arte import rationale_rejection
 
     task = _arith_task()
     cut = Completion("First we add 3 and 4, which", 20, 160, finish_reason="length")
-    assert "raise generate.max_tokens" in _rationale_rejection(task, cut)
-    assert _rationale_rejection(task, Completion("We add.", 20, 5)) == "rationale without an answer line"
-    assert _rationale_rejection(task, Completion("We add.\nAnswer: 8", 20, 5)) == \
+    assert "raise generate.max_tokens" in rationale_rejection(task, cut)
+    assert rationale_rejection(task, Completion("We add.", 20, 5)) == "rationale without an answer line"
+    assert rationale_rejection(task, Completion("We add.\nAnswer: 8", 20, 5)) == \
         "rationale disagrees with the drafted key"

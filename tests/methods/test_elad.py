@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 
 from arte_edge.backends.base import Completion, Message, SamplingParams
-from arte_edge.config import load_recipe, validate_recipe
 from arte_edge.methods import elad
-from arte_edge.methods.elad_config import EladConfig
+from arte_edge.methods.elad import annotation, loop, prompts, students, uncertainty
+from arte_edge.methods.elad.config import EladConfig
+from arte_edge.methods.elad.revision import parse_clear
+from arte_edge.recipes import load_recipe, validate_recipe
+from arte_edge.runctx import RunContext
 from arte_edge.rundir import RunDir, read_jsonl
-from arte_edge.stages.context import StageContext
 from arte_edge.tasks import get_task
 from arte_edge.tasks.base import Item
 
@@ -102,42 +104,42 @@ class FakeStudent(FakeModel):
 def test_stable_explanation_scores_lower_than_one_that_flips(measure: str) -> None:
     stable = ["7", "7", "7", "7"]
     flips_midway = ["7", "7", "9", "7"]
-    assert elad.intra_uncertainty(stable, measure) == 0.0
-    assert elad.intra_uncertainty(flips_midway, measure) > 0.0
+    assert uncertainty.intra_uncertainty(stable, measure) == 0.0
+    assert uncertainty.intra_uncertainty(flips_midway, measure) > 0.0
 
 
 def test_intra_scores_are_pinned() -> None:
-    assert elad.intra_uncertainty(["7", "7", "9", "7"], "flips") == pytest.approx(2 / 3)
-    assert elad.intra_uncertainty(["7", "7", "9", "7"], "disagreement") == pytest.approx(1 / 3)
-    assert elad.intra_uncertainty(["3", "5", "7", "7"], "flips") == pytest.approx(2 / 3)  # converges: 2 changes
-    assert elad.intra_uncertainty([None, "7", None, "7"], "flips") == 0.0  # unanswered prefixes are skipped
-    assert elad.intra_uncertainty(["7"], "flips") == 0.0
+    assert uncertainty.intra_uncertainty(["7", "7", "9", "7"], "flips") == pytest.approx(2 / 3)
+    assert uncertainty.intra_uncertainty(["7", "7", "9", "7"], "disagreement") == pytest.approx(1 / 3)
+    assert uncertainty.intra_uncertainty(["3", "5", "7", "7"], "flips") == pytest.approx(2 / 3)  # converges: 2 changes
+    assert uncertainty.intra_uncertainty([None, "7", None, "7"], "flips") == 0.0  # unanswered prefixes are skipped
+    assert uncertainty.intra_uncertainty(["7"], "flips") == 0.0
 
 
 def test_inter_entropy_of_answers() -> None:
-    assert elad.inter_uncertainty(["7", "7", "7", "7"]) == 0.0
+    assert uncertainty.inter_uncertainty(["7", "7", "7", "7"]) == 0.0
     expected = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)) / math.log(4)
-    assert elad.inter_uncertainty(["7", "8", "7", "9"]) == pytest.approx(expected)  # = 0.75
-    assert elad.inter_uncertainty(["7", "8", "9", "10"]) == pytest.approx(1.0)
-    assert elad.inter_uncertainty(["7", None, "7", None]) == pytest.approx(0.5)  # no answer is a category
+    assert uncertainty.inter_uncertainty(["7", "8", "7", "9"]) == pytest.approx(expected)  # = 0.75
+    assert uncertainty.inter_uncertainty(["7", "8", "9", "10"]) == pytest.approx(1.0)
+    assert uncertainty.inter_uncertainty(["7", None, "7", None]) == pytest.approx(0.5)  # no answer is a category
 
 
 def test_lambda_combination() -> None:
-    assert elad.combine_scores(1.0, 0.0, 1.0) == 1.0
-    assert elad.combine_scores(1.0, 0.0, 0.0) == 0.0
-    assert elad.combine_scores(0.8, 0.4, 0.25) == pytest.approx(0.25 * 0.8 + 0.75 * 0.4)
+    assert uncertainty.combine_scores(1.0, 0.0, 1.0) == 1.0
+    assert uncertainty.combine_scores(1.0, 0.0, 0.0) == 0.0
+    assert uncertainty.combine_scores(0.8, 0.4, 0.25) == pytest.approx(0.25 * 0.8 + 0.75 * 0.4)
 
 
 def test_split_steps_and_prefixes() -> None:
     text = "Step 1: Add 2 and 3.\nStep 2: That is 5,\nstill step two.\n**Step 3:** Done.\nAnswer: 5"
-    assert elad.split_steps(text) == ["Add 2 and 3.", "That is 5, still step two.", "Done."]
-    assert elad.split_steps("First add.\n\nThen check.\nAnswer: 5") == ["First add.", "Then check."]
-    assert elad.split_steps("We add. Then we check! Answer: 5", "sentences") == ["We add.", "Then we check!",
-                                                                                  "Answer: 5"]
-    assert elad.prefix_lengths(4, 6) == [1, 2, 3]
-    assert elad.prefix_lengths(4, 6, include_empty=True) == [0, 1, 2, 3]
-    assert elad.prefix_lengths(20, 4) == [1, 7, 13, 19]
-    assert elad.prefix_lengths(1, 4) == []
+    assert prompts.split_steps(text) == ["Add 2 and 3.", "That is 5, still step two.", "Done."]
+    assert prompts.split_steps("First add.\n\nThen check.\nAnswer: 5") == ["First add.", "Then check."]
+    assert prompts.split_steps("We add. Then we check! Answer: 5", "sentences") == ["We add.", "Then we check!",
+                                                                                     "Answer: 5"]
+    assert uncertainty.prefix_lengths(4, 6) == [1, 2, 3]
+    assert uncertainty.prefix_lengths(4, 6, include_empty=True) == [0, 1, 2, 3]
+    assert uncertainty.prefix_lengths(20, 4) == [1, 7, 13, 19]
+    assert uncertainty.prefix_lengths(1, 4) == []
 
 
 def test_right_but_unstable_question_is_selected_over_stable_one() -> None:
@@ -146,12 +148,12 @@ def test_right_but_unstable_question_is_selected_over_stable_one() -> None:
     stable = Item("s", "What is 5 + 3?", "8")
     assert _bucket("What is 1 + 2?", 3) == 0 and _bucket("What is 5 + 3?", 3) != 0
     cfg = EladConfig(lambda_=1.0, max_prefixes=4)
-    rows = elad.egss_scores(FakeStudent(), task, [stable, unstable], cfg, seed=0)
+    rows = uncertainty.egss_scores(FakeStudent(), task, [stable, unstable], cfg, seed=0)
     by_id = {r["item_id"]: r for r in rows}
     assert task.check(unstable, by_id["u"]["explanation"]).correct  # its final answer is right...
     assert by_id["u"]["prefix_answers"] == ["4", "3"]  # ...but it moves across prefixes
     assert by_id["s"]["score"] == 0.0 < by_id["u"]["score"]
-    assert [r["item_id"] for r in elad.rank_by_score(rows, 1, seed=0)] == ["u"]
+    assert [r["item_id"] for r in uncertainty.rank_by_score(rows, 1, seed=0)] == ["u"]
 
 
 # ===================================================================================== CLEAR parsing
@@ -162,7 +164,7 @@ STUDENT_STEPS = ["Tom has 3 apples.", "He buys 4 more, so 3 * 4 = 12.", "He has 
 def test_clear_keeps_correct_prefix_and_rewrites_from_first_flaw() -> None:
     reply = ("Check 1: correct\nCheck 2: wrong, should add\nCheck 3: wrong\nFirst wrong step: 2\n"
              "Revised solution:\nStep 2: He buys 4 more, so 3 + 4 = 7.\nStep 3: He has 7 apples.\nAnswer: 7")
-    revision, reason = elad.parse_clear(reply, STUDENT_STEPS)
+    revision, reason = parse_clear(reply, STUDENT_STEPS)
     assert reason == "" and revision is not None
     assert revision.first_wrong == 2 and revision.n_kept == 1
     assert revision.steps == ("Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "He has 7 apples.")
@@ -171,9 +173,9 @@ def test_clear_keeps_correct_prefix_and_rewrites_from_first_flaw() -> None:
 
 def test_clear_teacher_renumbering_from_one_and_all_correct() -> None:
     renumbered = "First wrong step: 3\nRevised solution:\nStep 1: So he has 12 apples... no: 3 + 4 = 7.\nAnswer: 7"
-    revision, _ = elad.parse_clear(renumbered, STUDENT_STEPS)
+    revision, _ = parse_clear(renumbered, STUDENT_STEPS)
     assert revision is not None and revision.steps[:2] == tuple(STUDENT_STEPS[:2]) and len(revision.steps) == 3
-    fine, _ = elad.parse_clear("Check 1: correct\nFirst wrong step: none\nAnswer: 12", STUDENT_STEPS)
+    fine, _ = parse_clear("Check 1: correct\nFirst wrong step: none\nAnswer: 12", STUDENT_STEPS)
     assert fine is not None and fine.first_wrong is None and fine.steps == tuple(STUDENT_STEPS)
 
 
@@ -184,7 +186,7 @@ def test_clear_teacher_renumbering_from_one_and_all_correct() -> None:
     ("First wrong step: 2\nRevised solution:\nAnswer: 7", "no rewritten steps"),
 ])
 def test_clear_parse_failures(reply: str, why: str) -> None:
-    revision, reason = elad.parse_clear(reply, STUDENT_STEPS)
+    revision, reason = parse_clear(reply, STUDENT_STEPS)
     assert revision is None and why in reason
 
 
@@ -204,7 +206,7 @@ def test_annotator_counts_and_drops_parse_failures_and_wrong_answers() -> None:
     replies = ["no idea",
                "First wrong step: 2\nRevised solution:\nStep 2: 3 + 4 = 8.\nAnswer: 8",
                "Check 2: wrong\nFirst wrong step: 2\nRevised solution:\nStep 2: 3 + 4 = 7.\nAnswer: 7"]
-    annotator = elad.Annotator(ScriptedTeacher(replies), task, EladConfig(), "gold", "scripted", 0)
+    annotator = annotation.Annotator(ScriptedTeacher(replies), task, EladConfig(), "gold", "scripted", 0)
     outcomes = [annotator.annotate(item, student, "clear", f"id{i}", {"round": 1}) for i in range(3)]
     assert outcomes[0][0] is None and outcomes[0][1]["kind"] == "parse_failure"
     assert outcomes[1][0] is None and outcomes[1][1]["kind"] == "still_wrong"
@@ -220,16 +222,16 @@ def test_self_consistency_checker_without_gold() -> None:
     reply = "First wrong step: 1\nRevised solution:\nStep 1: 3 + 4 = 7.\nAnswer: 7"
     teacher = ScriptedTeacher([reply, "Answer: 7", "Answer: 7", "Answer: 6"])
     cfg = EladConfig(checker="self_consistency", consistency_samples=3)
-    assert elad.resolve_checker(EladConfig(), [item]) == "self_consistency"
-    example, rejected = elad.Annotator(teacher, task, cfg, "self_consistency", "t", 0).annotate(
+    assert annotation.resolve_checker(EladConfig(), [item]) == "self_consistency"
+    example, rejected = annotation.Annotator(teacher, task, cfg, "self_consistency", "t", 0).annotate(
         item, "Step 1: 3 + 4 = 8.\nAnswer: 8", "clear", "id", {"round": 1})
     assert rejected is None and example["meta"]["teacher_calls"] == 4 == teacher.calls
-    assert elad.calls_per_question("self_consistency", cfg) == 4
+    assert annotation.calls_per_question("self_consistency", cfg) == 4
 
 
 # ================================================================================= budget accounting
 
-def _ctx(tmp_path: Path, student: Path, elad_cfg: dict[str, Any], **sections: Any) -> StageContext:
+def _ctx(tmp_path: Path, student: Path, elad_cfg: dict[str, Any], **sections: Any) -> RunContext:
     recipe = {
         "name": "tiny-elad", "task": str(ARITH), "method": "elad", "seed": 0,
         "teacher": {"model": "fake", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
@@ -241,10 +243,10 @@ def _ctx(tmp_path: Path, student: Path, elad_cfg: dict[str, Any], **sections: An
         "elad": elad_cfg,
         **sections,
     }
-    return StageContext(validate_recipe(recipe, "test"), RunDir(tmp_path / "run"))
+    return RunContext(validate_recipe(recipe, "test"), RunDir(tmp_path / "run"))
 
 
-def _fake_trainer(calls: list[Path]) -> elad.Trainer:
+def _fake_trainer(calls: list[Path]) -> students.Trainer:
     def train(examples: list[dict[str, Any]], round_dir: Path) -> Path:
         calls.append(round_dir)
         merged = round_dir / "merged"
@@ -264,16 +266,16 @@ def test_never_more_teacher_calls_than_budget(tmp_path: Path, tiny_model_dir: Pa
     ctx = _ctx(tmp_path, tiny_model_dir, {**elad_cfg, "stop_metric": "none", "n_samples": 3})
     out = elad.generate_datasets(ctx, teacher=teacher, open_student=lambda _: FakeStudent(),
                                  trainer=_fake_trainer(trained))
-    cfg = ctx.recipe.elad
+    cfg = ctx.method_config
     rows = read_jsonl(ctx.run.root / "elad" / "curve.jsonl")
     last = {r["strategy"]: r for r in rows}
     assert set(last) == {"base", *STRATEGIES}
     spent = {s: last[s]["teacher_calls"] for s in STRATEGIES}
     assert all(v <= cfg.budget for v in spent.values())
-    if elad.resolve_checker(cfg, ctx.split("train_pool")) == "gold":  # one call per question: exact and equal
+    if annotation.resolve_checker(cfg, ctx.split("train_pool")) == "gold":  # one call per question: exact and equal
         assert set(spent.values()) == {min(cfg.budget, cfg.rounds * cfg.batch_size)}, spent
     else:  # consistency calls are skipped after a parse failure, so spending is only capped
-        assert all(v > cfg.budget - elad.calls_per_question("self_consistency", cfg) for v in spent.values())
+        assert all(v > cfg.budget - annotation.calls_per_question("self_consistency", cfg) for v in spent.values())
     assert teacher.calls == sum(spent.values())  # every real call is accounted for
     for s in STRATEGIES:
         calls = [r["teacher_calls"] for r in rows if r["strategy"] == s]
@@ -284,12 +286,12 @@ def test_never_more_teacher_calls_than_budget(tmp_path: Path, tiny_model_dir: Pa
 
 
 def test_affordable_never_overspends() -> None:
-    assert elad.affordable(budget=10, spent=9, per_question=1, batch=4, n_unlabelled=100) == 1
-    assert elad.affordable(budget=10, spent=8, per_question=3, batch=4, n_unlabelled=100) == 0
-    assert elad.affordable(budget=10, spent=0, per_question=1, batch=4, n_unlabelled=2) == 2
-    assert elad.patience_exhausted([0.5, 0.6, 0.6], patience=1, min_delta=0.0)
-    assert not elad.patience_exhausted([0.5, 0.6, 0.7], patience=1, min_delta=0.0)
-    assert not elad.patience_exhausted([0.5, 0.4], patience=2, min_delta=0.0)
+    assert annotation.affordable(budget=10, spent=9, per_question=1, batch=4, n_unlabelled=100) == 1
+    assert annotation.affordable(budget=10, spent=8, per_question=3, batch=4, n_unlabelled=100) == 0
+    assert annotation.affordable(budget=10, spent=0, per_question=1, batch=4, n_unlabelled=2) == 2
+    assert loop.patience_exhausted([0.5, 0.6, 0.6], patience=1, min_delta=0.0)
+    assert not loop.patience_exhausted([0.5, 0.6, 0.7], patience=1, min_delta=0.0)
+    assert not loop.patience_exhausted([0.5, 0.4], patience=2, min_delta=0.0)
 
 
 def test_patience_stops_the_loop(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -305,10 +307,11 @@ def test_patience_stops_the_loop(tmp_path: Path, tiny_model_dir: Path) -> None:
 
 # ===================================================================== the loop on the tiny model
 
-def test_active_loop_on_tiny_model_curve_plot_and_resume(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_active_loop_on_tiny_model_curve_plot_and_resume(tmp_path: Path, tiny_model_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     elad_cfg = {"budget": 4, "rounds": 2, "batch_size": 2, "candidates_per_round": 3, "n_samples": 2,
                 "max_prefixes": 2, "explain_max_tokens": 24, "prefix_max_tokens": 6, "stop_metric": "none"}
-    ctx = _ctx(tmp_path, tiny_model_dir, elad_cfg)
+    ctx = _ctx(tmp_path, tiny_model_dir, elad_cfg, variants={"evaluate": False})
     teacher = FakeTeacher()
     out = elad.generate_datasets(ctx, teacher=teacher)
     root = ctx.run.root
@@ -343,7 +346,7 @@ def test_active_loop_on_tiny_model_curve_plot_and_resume(tmp_path: Path, tiny_mo
     (root / "elad" / "curve.jsonl").write_text("".join(__import__("json").dumps(r) + "\n" for r in kept))
     teacher.calls = 0
     trained: list[Path] = []
-    base_trainer = elad.default_trainer(tiny_model_dir, ctx.recipe)
+    base_trainer = students.default_trainer(tiny_model_dir, ctx.recipe)
 
     def counting(examples: list[dict[str, Any]], round_dir: Path) -> Path:
         trained.append(round_dir)
@@ -366,17 +369,40 @@ def test_active_loop_on_tiny_model_curve_plot_and_resume(tmp_path: Path, tiny_mo
     elad.generate_datasets(ctx, teacher=teacher, trainer=counting)
     assert trained == [] and teacher.calls == 0
 
+    # The train and variants stages adopt the students the loop trained on exactly their data; none is retrained.
+    from arte_edge.stages import train as train_stage
+    from arte_edge.stages import variants as variants_stage
+    from arte_edge.training import sft
+    from arte_edge.training.student import read_record
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a student ELAD's loop already trained was trained again")
+
+    monkeypatch.setattr(sft, "train_adapter", no_training)
+    already = elad.METHOD.trained_students(ctx)
+    arms = {name for name in ("random", "answer_entropy", "teacher_explain")
+            if read_jsonl(root / "data" / "variants" / name / "examples.jsonl")}
+    assert set(already) == {"main", *arms}
+    last_elad = [r for r in again if r["strategy"] == "elad"][-1]
+    assert already["main"] == (root / last_elad["model_dir"]).parent
+    assert train_stage.run(ctx)["reused"]
+    assert read_record(ctx.run.student_dir)["adopted_from"] == str(already["main"])
+    assert (ctx.run.student_dir / "merged" / "config.json").exists()
+    assert set(variants_stage.run(ctx)["variants"]) == arms
+    for name in arms:
+        assert read_record(ctx.run.variant_student_dir(name))["adopted_from"] == str(already[name])
+
 
 def test_recipe_validates() -> None:
     recipe = load_recipe(ROOT / "configs" / "elad-gsm8k.yaml")
     assert recipe.method == "elad" and recipe.task == "gsm8k"
     assert recipe.student.model == "qwen2.5-coder-0.5b-instruct"
-    assert recipe.elad.budget <= recipe.elad.rounds * recipe.elad.batch_size * 2
+    assert recipe.method_config.budget <= recipe.method_config.rounds * recipe.method_config.batch_size * 2
 
 
 def test_cpu_recipe_validates_and_fits_its_budget() -> None:
     recipe = load_recipe(ROOT / "configs" / "elad-arc-easy-cpu.yaml")
-    cfg = recipe.elad
+    cfg = recipe.method_config
     assert recipe.method == "elad" and recipe.task == "arc_easy"
     assert cfg.budget == cfg.rounds * cfg.batch_size and cfg.candidates_per_round >= cfg.batch_size
     assert cfg.eval_size is not None and cfg.eval_size <= recipe.splits.eval
@@ -390,7 +416,7 @@ def test_student_quant_opens_each_student_as_a_cached_gguf(tmp_path: Path, tiny_
     root = tmp_path / "run"
     merged = root / "elad" / "elad" / "round-1" / "merged"
     shutil.copytree(tiny_model_dir, merged)
-    open_student = elad.default_opener(1, "q8_0", root, n_ctx=256, verify=False)
+    open_student = students.default_opener(1, "q8_0", root, n_ctx=256, verify=False)
     for folder, expected in ((tiny_model_dir, root / "elad" / "base" / "gguf" / "student.q8_0.gguf"),
                              (merged, merged.parent / "merged-gguf" / "student.q8_0.gguf")):
         model = open_student(folder)
@@ -399,7 +425,7 @@ def test_student_quant_opens_each_student_as_a_cached_gguf(tmp_path: Path, tiny_
             assert model.chat([{"role": "user", "content": "2 + 2?"}], SamplingParams(max_tokens=4)).completion_tokens
         finally:
             model.close()
-    assert not elad.quantized_dir(tiny_model_dir).exists()  # nothing written beside a model outside the run
+    assert not students.quantized_dir(tiny_model_dir).exists()  # nothing written beside a model outside the run
 
 
 @pytest.mark.parametrize("faithful", [True, False])
@@ -407,7 +433,7 @@ def test_curve_points_are_scored_one_sequence_at_a_time_like_the_device(tmp_path
                                                                         faithful: bool) -> None:
     ctx = _ctx(tmp_path, tiny_model_dir, {"student_quant": "q8_0", "device_faithful_eval": faithful},
                export={"verify": False})
-    scoring, evaluation = elad.student_openers(ctx.recipe, ctx.run.root)
+    scoring, evaluation = students.student_openers(ctx.recipe, ctx.run.root)
     sizes = []
     for opener in (scoring, evaluation):
         model = opener(tiny_model_dir)
@@ -421,7 +447,7 @@ def test_curve_points_are_scored_one_sequence_at_a_time_like_the_device(tmp_path
 def test_student_quant_must_be_a_gguf_type() -> None:
     from pydantic import ValidationError
 
-    from arte_edge.methods.elad_config import EladConfig
+    from arte_edge.methods.elad.config import EladConfig
 
     with pytest.raises(ValidationError, match="unknown GGUF type"):
         EladConfig(student_quant="q3")

