@@ -115,6 +115,10 @@ class EvaluateConfig(Section):
     max_tokens: int = Field(192, ge=8, description="Max new tokens per answer.")
     threads: int = Field(2, ge=1, description="CPU threads.")
     include_base: bool = Field(True, description="Also evaluate the untrained student.")
+    format_baseline: bool = Field(
+        True, description="Also score the untrained student shown the seed examples as demonstrations (artifact "
+        "`base-fewshot`, answer-checked tasks): the format-only baseline, so a gain from learning the answer "
+        "format is told apart from a gain in knowledge.")
     quant: str | None = Field(
         None, description="Score the untrained, merged and variant students as a verified GGUF of this type (e.g. "
         "q8_0) in llama.cpp instead of fp32 torch: the runtime that ships, ~3x faster on a CPU. The merged row then "
@@ -139,6 +143,9 @@ class ReportConfig(Section):
 
     max_accuracy_drop: float = Field(1.0, ge=0.0, description="Recommend the fastest artifact whose accuracy "
                                      "is within this many points of the merged fp32 model.")
+    max_answer_share: float = Field(
+        0.6, gt=0.0, le=1.0, description="A model giving one answer to more than this share of the held-out items "
+        "has collapsed: flagged, never recommended.")
 
 
 class VariantsConfig(Section):

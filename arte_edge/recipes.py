@@ -67,6 +67,8 @@ def validate_recipe(data: dict[str, Any], source: str, *, check_task: bool = Tru
         if name != method and other_sections == "error":
             problems.append(f"{name}: settings for method {name}, but this recipe's method is {method}; "
                             f"remove the section or set method: {name}")
+    if recipe is not None and method in method_names() and not problems:
+        problems += get_method(method).check_recipe(recipe.with_method_config(config))
     if recipe is not None and check_task:
         problems += _task_problems(recipe.task)
     if problems:

@@ -159,6 +159,11 @@ class RunDir:
     def rejected_path(self) -> Path:
         return self.path("data", "rejected.jsonl")
 
+    def variant_example_files(self) -> list[Path]:
+        """Every ``data/variants/<arm>/examples.jsonl`` present, by arm name."""
+        base = self.root / "data" / "variants"
+        return sorted(base.glob("*/examples.jsonl")) if base.exists() else []
+
     def variant_examples_path(self, arm: str) -> Path:
         """``data/variants/<arm>/examples.jsonl``: a comparison arm's training set."""
         return self.path("data", "variants", arm, "examples.jsonl")
@@ -190,6 +195,11 @@ class RunDir:
     def eval_summary_path(self) -> Path:
         """``eval/summary.json``: accuracy summaries of every scored artifact."""
         return self.path("eval", "summary.json")
+
+    @property
+    def eval_baselines_path(self) -> Path:
+        """``eval/baselines.json``: chance, constant-answer and format-only baselines on the held-out items."""
+        return self.path("eval", "baselines.json")
 
     def eval_model_dir(self, name: str) -> Path:
         """``eval/models/<name>/``: a student exported only to be scored in the runtime it ships in."""

@@ -36,3 +36,56 @@ def mcnemar_p(a: Sequence[bool], b: Sequence[bool]) -> float:
     if only_a + only_b == 0:
         return 1.0
     return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control), in the input order."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], *, n_boot: int = 10_000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float, float]:
+    """Accuracy difference ``mean(a) - mean(b)`` on the same items and its percentile bootstrap interval
+    (items resampled with replacement, pairs kept together)."""
+    import numpy as np
+
+    if len(a) != len(b) or not a:
+        raise ValueError("paired bootstrap needs the same, non-empty items for both systems")
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(diff), size=(n_boot, len(diff)))
+    means = diff[idx].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(diff.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def mcnemar_mde(n: int, discordant: float, *, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """Smallest accuracy difference a paired (McNemar) test on ``n`` items detects with ``power`` at ``alpha``,
+    given the observed share of discordant items (normal approximation, Connor 1987). None when undefined."""
+    from scipy.stats import norm
+
+    if n <= 0 or discordant <= 0:
+        return None
+    za, zb = norm.ppf(1 - alpha / 2), norm.ppf(power)
+    delta = (za + zb) * math.sqrt(discordant / n)
+    for _ in range(50):  # fixed point of n·δ² = (za·√d + zb·√(d − δ²))²
+        inner = max(discordant - delta * delta, 0.0)
+        delta = (za * math.sqrt(discordant) + zb * math.sqrt(inner)) / math.sqrt(n)
+    return min(delta, 1.0)
+
+
+def paired_comparison(a: Sequence[bool], b: Sequence[bool], *, seed: int = 0) -> dict[str, float | int | None]:
+    """Everything a report says about arm ``a`` against arm ``b`` on the same items: the difference, its bootstrap
+    95% interval, the exact McNemar p (unadjusted), the discordant counts and the minimum detectable difference."""
+    diff, low, high = paired_bootstrap(a, b, seed=seed)
+    only_a = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
+    return {"n": len(a), "diff": diff, "diff_low": low, "diff_high": high, "p": mcnemar_p(a, b),
+            "only_a": only_a, "only_b": only_b, "mde": mcnemar_mde(len(a), (only_a + only_b) / len(a))}

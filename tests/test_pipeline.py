@@ -79,15 +79,23 @@ def test_full_pipeline_writes_report_contract(tmp_path: Path, tiny_model_dir: Pa
 
     report = json.loads((run.root / "report" / "report.json").read_text())
     names = [a["name"] for a in report["artifacts"]]
-    assert names == ["base", "merged", "gguf-q8_0"]
+    assert names == ["base", "base-fewshot", "merged", "gguf-q8_0"]  # base-fewshot: the format-only baseline
     for row in report["artifacts"]:
-        assert set(row) >= REPORT_ARTIFACT_KEYS
+        assert set(row) >= REPORT_ARTIFACT_KEYS | {"margin_pt", "top_answer", "top_share", "flags"}
         assert row["n_eval"] == 20 and 0 <= row["ci_low"] <= row["accuracy"] <= row["ci_high"] <= 1
-        assert row["decode_tok_s"] > 0 and row["size_bytes"] > 0
-    assert [v["method"] for v in report["variants"]] == ["none (base student)", "standard"]
+        if row["name"] != "base-fewshot":  # the same model as base, with seeds in the prompt: not benchmarked
+            assert row["decode_tok_s"] > 0 and row["size_bytes"] > 0
+    baselines = report["baselines"]
+    assert set(baselines) >= {"constant", "format_only", "best", "gold_histogram", "n"} and baselines["n"] == 20
+    assert all("correct" not in baselines[k] for k in ("constant", "format_only", "best"))
+    assert [v["method"] for v in report["variants"]] == [
+        "none (base student)", "none (base student shown the seeds: format only)", "standard"]
     assert all(set(v) >= REPORT_VARIANT_KEYS for v in report["variants"])
-    assert report["variants"][1]["n_train"] == 12
-    assert report["variants"][1]["teacher_calls"] == len(examples) + len(rejected)
+    assert report["variants"][2]["n_train"] == 12 and report["variants"][2]["label_histogram"]
+    assert report["variants"][2]["teacher_calls"] == len(examples) + len(rejected)
+    assert [c["label"] for c in report["comparisons"]] == [
+        "none (base student shown the seeds: format only)", "standard"]  # each arm vs the untrained student
+    assert all(c["reference"] == "base" and 0 <= c["p_holm"] <= 1 for c in report["comparisons"])
     assert (run.root / "report" / "report.md").read_text().startswith("# arte-edge report")
     assert (run.root / "artifacts" / "verify.json").exists()
 

@@ -23,3 +23,33 @@ def test_mcnemar() -> None:
     assert mcnemar_p(a, b) == pytest.approx(0.00195, abs=1e-4)
     with pytest.raises(ValueError):
         mcnemar_p([True], [True, False])
+
+
+def test_holm_matches_known_values() -> None:
+    from arte_edge.stats import holm
+
+    # statsmodels.stats.multitest.multipletests([0.01, 0.04, 0.03, 0.005], method="holm")[1]
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5]) == [0.5] and holm([0.6, 0.7]) == [1.0, 1.0]
+
+
+def test_paired_bootstrap_interval_covers_the_difference_and_pairs_items() -> None:
+    from arte_edge.stats import paired_bootstrap
+
+    a = [True, False] * 50
+    diff, low, high = paired_bootstrap(a, a)
+    assert (diff, low, high) == (0.0, 0.0, 0.0)  # identical systems: every resample differs by nothing
+    b = [True] * 30 + [False] * 70
+    c = [True] * 50 + [False] * 50
+    diff, low, high = paired_bootstrap(c, b, seed=1)
+    assert diff == pytest.approx(0.2) and low < 0.2 < high
+    # 20 discordant items, all favouring c: the percentile interval is about 0.2 ± 1.96·sqrt(0.2·0.8/100)
+    assert 0.11 < low < 0.15 and 0.25 < high < 0.29
+
+
+def test_mcnemar_mde_shrinks_with_n_and_matches_the_normal_formula() -> None:
+    from arte_edge.stats import mcnemar_mde
+
+    assert mcnemar_mde(100, 0.3) == pytest.approx(0.1517, abs=2e-3)
+    assert mcnemar_mde(400, 0.3) < mcnemar_mde(100, 0.3) / 1.9
+    assert mcnemar_mde(100, 0.0) is None

@@ -16,6 +16,13 @@ from arte_edge.rundir import JsonlAppender, atomic_write_text, read_jsonl
 from arte_edge.tasks.base import Item, Task
 
 
+def format_demos(task: Task, seeds: Sequence[Item]) -> list[tuple[str, str]]:
+    """Seed items as (question, answer) demonstration turns in the answer format the checker reads: the seed's
+    rationale when it has one, then ``Answer: <gold>``."""
+    return [(task.user_prompt(s), (f"{s.rationale.strip()}\n" if s.rationale else "") + f"Answer: {s.answer}")
+            for s in seeds]
+
+
 def answer_messages(task: Task, item: Item, demos: Iterable[tuple[str, str]] = ()) -> list[Message]:
     """The conversation asking a model to answer ``item``: system prompt, optional demos, the question."""
     messages: list[Message] = [{"role": "system", "content": task.system_prompt}]
@@ -36,10 +43,11 @@ def eval_params(task: Task, max_tokens: int) -> SamplingParams:
 
 
 def evaluate_model(model: ChatModel, task: Task, items: Sequence[Item], out_path, params: SamplingParams,
-                   batch_size: int = 8, label: str = "", key: str | None = None) -> list[dict[str, Any]]:
+                   batch_size: int = 8, label: str = "", key: str | None = None,
+                   demos: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]]:
     """Answer and check every item; rows already in ``out_path`` are kept (resume). With ``key`` (see
     ``artifacts.content_key``) only rows written under the same key count: a retrained, re-exported or
-    differently run model is scored afresh."""
+    differently run model is scored afresh. ``demos``: (question, answer) turns shown before each item."""
     written = read_jsonl(out_path)
     rows = {r["item_id"]: r for r in written if key is None or r.get("key") == key}
     if len(rows) < len(written):  # rows of another model or runtime (or duplicates): the file keeps only these
@@ -50,7 +58,7 @@ def evaluate_model(model: ChatModel, task: Task, items: Sequence[Item], out_path
         advance(len(items) - len(todo))
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            completions = model.chat_batch([answer_messages(task, item) for item in batch], params)
+            completions = model.chat_batch([answer_messages(task, item, demos) for item in batch], params)
             new = [_row(task, item, completion) | ({"key": key} if key else {})
                    for item, completion in zip(batch, completions, strict=True)]
             appender.write_batch(new)

@@ -7,7 +7,10 @@ training data. It is a package under ``arte_edge/methods/`` with one object impl
 - ``config_model``: the pydantic model of the recipe section named after the method (``arte:``, ``persd:``, …),
   holding only the method's own fields; ``None`` when it has none. The recipe loader validates that section with
   it and hands the frozen result to the method as ``ctx.method_config``.
-- ``extra_stages``: stages the method adds before ``generate`` (ARTE: ``align``), run by :meth:`run_extra_stage`.
+- ``extra_stages``: stages the method adds (ARTE: ``align``), run by :meth:`run_extra_stage`.
+- ``standard_arm``: the name of the variant arm that is standard distillation at equal teacher cost (ARTE's
+  ``unaligned``, PERsD's ``stand``): the report compares every arm against it (else against the untrained student).
+- :meth:`check_recipe`: problems between its section and the rest of the recipe, found at load time.
 - :meth:`generate`: writes the main arm to ``data/examples.jsonl`` and each comparison arm (baselines, ablations)
   to ``data/variants/<arm>/examples.jsonl`` with its teacher cost; returns a JSON-able summary.
 - :meth:`trained_students`: arms the method already trained itself (ELAD trains while it selects), as
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from arte_edge.config import Recipe
     from arte_edge.runctx import RunContext
 
 
@@ -38,6 +42,12 @@ class Method:
     summary: ClassVar[str] = ""
     config_model: ClassVar[type[BaseModel] | None] = None
     extra_stages: ClassVar[tuple[str, ...]] = ()
+    standard_arm: ClassVar[str | None] = None  # the variant arm that is standard distillation (the reference)
+
+    def check_recipe(self, recipe: Recipe) -> list[str]:
+        """Problems between the method's section and the rest of the recipe (each naming its key), reported with
+        every other validation error. Default: none."""
+        return []
 
     def generate(self, ctx: RunContext) -> dict[str, Any]:
         """Write the training data of every arm; return a summary (counts, teacher cost)."""

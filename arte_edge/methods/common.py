@@ -14,7 +14,9 @@ from typing import Any
 from arte_edge.backends.base import ChatModel, Completion, Message, SamplingParams
 from arte_edge.evaluation.scoring import answer_messages
 from arte_edge.rundir import JsonlAppender, read_jsonl
+from arte_edge.tasks.balance import balance_example
 from arte_edge.tasks.base import Check, Item, Task
+from arte_edge.tasks.decontam import HeldOut, count_contaminated
 
 _ANSWER_LINE = re.compile(r"^\s*(\*\*)?\s*(final\s+)?answer\s*(\*\*)?\s*[:：].*$", re.IGNORECASE | re.MULTILINE)
 _CODE_BLOCK = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
@@ -102,9 +104,14 @@ def training_target(task: Task, completion: str, check: Check) -> str:
 
 
 def training_example(task: Task, item: Item, target: str, example_id: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """A record of ``data/examples.jsonl`` in TRL's conversational ``messages`` format."""
+    """A record of ``data/examples.jsonl`` in TRL's conversational ``messages`` format.
+
+    Multiple-choice examples have their gold choice moved to a letter drawn from the example id (letter references
+    in the target swapped with it: :mod:`arte_edge.tasks.balance`), so the gold letters of a training set are
+    uniform whatever letters the teacher happened to get right."""
+    item, target, swap = balance_example(task, item, target, example_id)
     messages = [*answer_messages(task, item), {"role": "assistant", "content": target}]
-    return {"id": example_id, "messages": messages, "meta": {"item_id": item.id, **meta}}
+    return {"id": example_id, "messages": messages, "meta": {"item_id": item.id, **meta, **swap}}
 
 
 def completion_cost(*completions: Completion) -> dict[str, int]:
@@ -213,6 +220,7 @@ class DurableCollector:
         return {
             "n_examples": len(self.accepted_rows),
             "n_rejected": len(self.rejected_rows),
+            "n_contaminated": count_contaminated(self.rejected_rows),
             "teacher_calls": sum(r["meta"].get("teacher_calls", 0) for r in rows),
             "teacher_prompt_tokens": sum(r["meta"].get("prompt_tokens", 0) for r in rows),
             "teacher_completion_tokens": sum(r["meta"].get("completion_tokens", 0) for r in rows),
@@ -233,9 +241,10 @@ def draft_messages(task: Task, seeds: Sequence[Item], rng: random.Random) -> lis
             {"role": "user", "content": user}]
 
 
-def read_draft(task: Task, text: str, item_id: str) -> tuple[Item | None, str]:
+def read_draft(task: Task, text: str, item_id: str, held_out: HeldOut | None = None) -> tuple[Item | None, str]:
     """A drafted question and its key as an Item, or None with the reason the draft is unusable (no key, a stub
-    of a question, or what the task rejects, e.g. a multiple-choice question without its choices)."""
+    of a question, what the task rejects, e.g. a multiple-choice question without its choices, or a copy of a
+    ``held_out`` item: exact or 13-gram overlap, reason ``contaminated: …``)."""
     key = task.extract_answer(text)
     question = rationale_of(text).removeprefix("Question:").strip()
     if not key:
@@ -244,4 +253,7 @@ def read_draft(task: Task, text: str, item_id: str) -> tuple[Item | None, str]:
         return None, "unparseable draft (no question)"
     item = Item(id=item_id, question=question, answer=key, source_split="synthetic")
     problem = task.draft_problem(item)
-    return (None, f"unusable draft: {problem}") if problem else (item, "")
+    if problem:
+        return None, f"unusable draft: {problem}"
+    copied = held_out.match(question) if held_out is not None else None
+    return (None, copied) if copied else (item, "")

@@ -1,7 +1,9 @@
 """Stage `evaluate`: accuracy of the base student and of every artifact on the same held-out items.
 
-Per-item predictions go to ``eval/<artifact>.jsonl`` (resumable), summaries with 95% Wilson intervals and a
-paired McNemar test against the base student to ``eval/summary.json``.
+Per-item predictions go to ``eval/<artifact>.jsonl`` (resumable); summaries with 95% Wilson intervals, a paired
+McNemar test against the base student, the answer histogram and the comparison with the best trivial baseline
+(chance, constant answer, format-only: :mod:`arte_edge.evaluation.baselines`) to ``eval/summary.json``; the
+baselines themselves to ``eval/baselines.json``.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from arte_edge.artifacts import Artifact, as_gguf, content_key, list_artifacts, open_artifact
-from arte_edge.evaluation.scoring import eval_params, evaluate_model
+from arte_edge.evaluation.baselines import FORMAT_ONLY, annotate, baselines_record, trivial_baselines
+from arte_edge.evaluation.scoring import eval_params, evaluate_model, format_demos
 from arte_edge.evaluation.summary import summarise
 from arte_edge.runctx import RunContext
 from arte_edge.rundir import atomic_write_json
@@ -22,22 +25,29 @@ def run(ctx: RunContext, artifacts: list[Artifact] | None = None) -> dict[str, A
     params = eval_params(ctx.task, cfg.max_tokens)
     chosen = artifacts if artifacts is not None else list_artifacts(ctx, include_base=cfg.include_base)
     plan, same_as = in_eval_runtime(ctx, chosen)
+    demos = format_demos(ctx.task, ctx.split("seeds"))
+    jobs = [(a, a.name, ()) for a in plan]
+    base = next((a for a in plan if a.role == "base"), None)
+    if cfg.format_baseline and base is not None and demos and ctx.task.kind != "code":
+        jobs.append((base, FORMAT_ONLY, tuple(demos)))  # the format-only baseline: same model, seeds shown
     rows_by_artifact: dict[str, list[dict[str, Any]]] = {}
-    for artifact in plan:
+    for artifact, name, shown in jobs:
         model = open_artifact(artifact, ctx.run.root, threads=cfg.threads, device_faithful=True)
         try:
-            out_path = ctx.run.eval_rows_path(artifact.name)
-            rows_by_artifact[artifact.name] = evaluate_model(
-                model, ctx.task, items, out_path, params, label=artifact.name,
-                key=content_key(artifact, ctx.run.root, params.max_tokens))
+            rows_by_artifact[name] = evaluate_model(
+                model, ctx.task, items, ctx.run.eval_rows_path(name), params, label=name, demos=shown,
+                key=content_key(artifact, ctx.run.root, params.max_tokens, *shown))
         finally:
             model.close()
     rows_by_artifact.update({alias: rows_by_artifact[name] for alias, name in same_as.items()})
     reference = "base" if "base" in rows_by_artifact else None
     summary = summarise(rows_by_artifact, reference)
-    opened = {a.name: a for a in plan}
+    opened = {name: a for a, name, _ in jobs}
     for name, row in summary.items():  # the runtime each row was scored in
         row.update(format=opened[same_as.get(name, name)].format, quant=opened[same_as.get(name, name)].quant)
+    baselines = trivial_baselines(ctx.task, items, rows_by_artifact.get(FORMAT_ONLY))
+    annotate(summary, rows_by_artifact, baselines, ctx.recipe.report.max_answer_share)
+    atomic_write_json(ctx.run.eval_baselines_path, baselines_record(ctx.task, items, baselines))
     atomic_write_json(ctx.run.eval_summary_path, summary)
     outputs = {"summary": "eval/summary.json", "n_eval": len(items),
                "accuracy": {k: round(v["accuracy"], 4) for k, v in summary.items()}}

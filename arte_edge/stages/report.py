@@ -15,10 +15,9 @@ from arte_edge.rundir import RunDir
 def rewrite(run_dir: Path, max_drop_pt: float = 1.0) -> dict[str, Any]:
     """The report of an existing run directory (``arte-edge report``), with the method named in its manifest."""
     run = RunDir(run_dir)
-    method = run.read_manifest().get("recipe", {}).get("method")
-    if method:
-        get_method(method).refresh_report(run.root)  # e.g. ELAD's learning curve, rendered by this version
-    return write_report(run, max_drop_pt)
+    method = get_method(run.read_manifest().get("recipe", {}).get("method") or "standard")
+    method.refresh_report(run.root)  # e.g. ELAD's learning curve, rendered by this version
+    return write_report(run, max_drop_pt, standard_arm=method.standard_arm)
 
 
 def run(ctx: RunContext) -> dict[str, Any]:

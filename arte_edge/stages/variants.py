@@ -15,13 +15,12 @@ from typing import Any
 
 from arte_edge.progress import log
 from arte_edge.runctx import RunContext
-from arte_edge.rundir import atomic_write_json, read_jsonl
+from arte_edge.rundir import RunDir, atomic_write_json, read_jsonl
 
 
-def variant_datasets(root: Path, include: list[str] | None) -> dict[str, Path]:
+def variant_datasets(run: RunDir, include: list[str] | None) -> dict[str, Path]:
     """``{name: examples.jsonl}`` for every variant dataset present (optionally filtered)."""
-    base = root / "data" / "variants"
-    found = {p.parent.name: p for p in sorted(base.glob("*/examples.jsonl"))} if base.exists() else {}
+    found = {p.parent.name: p for p in run.variant_example_files()}
     return {k: v for k, v in found.items() if include is None or k in include}
 
 
@@ -36,6 +35,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     eval/summary.json as variant-<name>."""
     from arte_edge import models
     from arte_edge.artifacts import Artifact, as_gguf, content_key, open_artifact
+    from arte_edge.evaluation.baselines import annotate
     from arte_edge.evaluation.scoring import eval_params, evaluate_model
     from arte_edge.evaluation.summary import summarise
     from arte_edge.methods.registry import get_method
@@ -43,11 +43,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     if not ctx.recipe.variants.enabled:
         return {"variants": {}}
-    datasets = variant_datasets(ctx.run.root, ctx.recipe.variants.include)
+    datasets = variant_datasets(ctx.run, ctx.recipe.variants.include)
     base_dir = models.hf_folder(ctx.recipe.student.model)
     items = ctx.split("eval")
     params = eval_params(ctx.task, ctx.recipe.evaluate.max_tokens)
     summary_path = ctx.run.eval_summary_path
+    baselines = json.loads(ctx.run.eval_baselines_path.read_text()) if ctx.run.eval_baselines_path.exists() else {}
     already = get_method(ctx.recipe.method).trained_students(ctx)
     out: dict[str, Any] = {}
     for name, path in datasets.items():
@@ -78,6 +79,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         base_rows = read_jsonl(ctx.run.eval_rows_path("base"))
         scored = summarise({"base": base_rows, f"variant-{name}": results} if base_rows
                            else {f"variant-{name}": results}, "base" if base_rows else None)
+        annotate(scored, {f"variant-{name}": results}, baselines, ctx.recipe.report.max_answer_share)
         summary[f"variant-{name}"] = scored[f"variant-{name}"] | {"format": variant.format, "quant": variant.quant}
         atomic_write_json(summary_path, summary)
         out[name]["accuracy"] = round(summary[f"variant-{name}"]["accuracy"], 4)

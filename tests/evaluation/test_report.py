@@ -1,5 +1,6 @@
 from arte_edge.evaluation.pareto import pareto_front
-from arte_edge.evaluation.report import recommend, render_markdown
+from arte_edge.evaluation.report import recommend
+from arte_edge.evaluation.report_markdown import render_markdown
 
 
 def row(name, acc, tok_s):

@@ -458,3 +458,38 @@ def test_regenerated_rationale_rejections_name_the_token_budget() -> None:
     assert rationale_rejection(task, Completion("We add.", 20, 5)) == "rationale without an answer line"
     assert rationale_rejection(task, Completion("We add.\nAnswer: 8", 20, 5)) == \
         "rationale disagrees with the drafted key"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_unaligned_teacher_goes_through_the_aligned_teachers_export(tmp_path: Path, tiny_model_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """One path for every teacher arm: the unaligned teacher is the fp32 HF teacher exported by the same function,
+    to the same GGUF type, as each DPO-aligned one (not the bundled GGUF of another quantisation)."""
+    from arte_edge.backends.llamacpp import LlamaCppChat
+    from arte_edge.methods.arte import alignment, datasets
+
+    recipe = validate_recipe({
+        "name": "arte-path", "task": str(ARITH), "method": "arte", "seed": 0, "threads": 1,
+        "teacher": {"model": str(tiny_model_dir), "backend": "llama_cpp"}, "student": {"model": str(tiny_model_dir)},
+        "splits": {"seeds": 2, "preference": 4, "train_pool": 0, "eval": 4}}, "test")
+    ctx = RunContext(recipe, RunDir(tmp_path / "run"))
+    exported: list[tuple[Path, Path]] = []
+    real = alignment.export_teacher
+
+    def recording(merged: Path, work: Path, cfg: object, threads: int) -> Path:
+        exported.append((Path(merged), Path(work)))
+        return real(merged, work, cfg, threads)
+
+    monkeypatch.setattr(alignment, "export_teacher", recording)
+    info = alignment.unaligned_teacher(ctx)
+    assert exported == [(tiny_model_dir, alignment.aligned_teacher_dir(ctx, "unaligned"))]
+    gguf = Path(info["gguf"])
+    assert gguf.is_file() and recipe.method_config.teacher_quant.lower() in gguf.name.lower()
+    written = gguf.stat().st_mtime_ns
+    teacher = datasets._open_teacher(ctx, "unaligned", {"teachers": {}})
+    try:
+        assert isinstance(teacher, LlamaCppChat) and Path(teacher.path) == Path(info["gguf"])
+    finally:
+        teacher.close()
+    assert alignment.unaligned_teacher(ctx) == info and gguf.stat().st_mtime_ns == written  # exported once, reused

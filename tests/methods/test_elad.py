@@ -240,7 +240,7 @@ def _ctx(tmp_path: Path, student: Path, elad_cfg: dict[str, Any], **sections: An
         "train": {"epochs": 1, "batch_size": 2, "save_steps": 50, "max_length": 128, "threads": 1, "lora_r": 4,
                   "lora_alpha": 8},
         "evaluate": {"max_tokens": 8, "threads": 1},
-        "elad": elad_cfg,
+        "elad": {"stop_metric": "none", **elad_cfg},
         **sections,
     }
     return RunContext(validate_recipe(recipe, "test"), RunDir(tmp_path / "run"))
@@ -451,3 +451,41 @@ def test_student_quant_must_be_a_gguf_type() -> None:
 
     with pytest.raises(ValidationError, match="unknown GGUF type"):
         EladConfig(student_quant="q3")
+
+
+def test_validation_stop_rule_without_a_validation_split_is_a_config_error() -> None:
+    from arte_edge.errors import ConfigError
+
+    data = {"name": "e", "task": "arc_easy", "method": "elad", "teacher": {"model": "t"}, "student": {"model": "s"},
+            "splits": {"preference": 0}, "elad": {"stop_metric": "validation"}}
+    with pytest.raises(ConfigError, match=r"elad.stop_metric: 'validation' needs a validation split"):
+        validate_recipe(data, "test")
+    assert validate_recipe({**data, "splits": {"preference": 20}}, "test").method_config.stop_metric == "validation"
+    assert validate_recipe({**data, "elad": {"stop_metric": "none"}}, "test").method_config.stop_metric == "none"
+
+
+def test_cached_curve_points_count_only_under_the_same_evaluation_mode(tmp_path: Path) -> None:
+    """A resumed run that now decodes another way (runtime, batch mode) re-scores a cached point instead of mixing
+    a batched base point with batch-1 rounds; a point whose model is gone is marked, not silently reused."""
+    from arte_edge.evaluation.scoring import eval_params
+
+    task = get_task(ARITH)
+    items = task.load()[:6]
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    (base_dir / "config.json").write_text("{}")
+    student = FakeStudent()
+    env = loop.LoopEnv(root=tmp_path, task=task, cfg=EladConfig(stop_metric="none"), pool=[], eval_items=items,
+                       val_items=[], base_dir=base_dir, annotator=None, open_student=lambda d: student,  # type: ignore[arg-type]
+                       train=None, eval_params=eval_params(task, 16), seed=0, eval_mode="q8_0, batched")  # type: ignore[arg-type]
+    first = loop.base_point(env)
+    assert student.calls == 6 and first["eval_key"] == loop.eval_key(env, base_dir)
+    assert loop.base_point(env) == first and student.calls == 6  # same mode: the cached point stands
+    env.eval_mode = "q8_0, one sequence at a time"
+    again = loop.base_point(env)
+    assert student.calls == 12 and again["eval_key"] != first["eval_key"]
+    assert [r["eval_key"] for r in read_jsonl(env.curve_path)] == [again["eval_key"]]  # replaced, not appended
+    (base_dir / "config.json").unlink()
+    base_dir.rmdir()
+    env.eval_mode = "fp32 torch, batched"
+    assert loop.base_point(env)["eval_key_stale"] is True and student.calls == 12

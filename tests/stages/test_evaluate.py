@@ -97,15 +97,16 @@ def test_pipeline_with_evaluate_quant_scores_base_and_merged_as_gguf(tmp_path: P
         server.shutdown()
     summary = json.loads((run.root / "eval" / "summary.json").read_text())
     assert {k: (v["format"], v["quant"]) for k, v in summary.items()} == {
-        "base": ("gguf", "q8_0"), "merged": ("gguf", "q8_0"), "gguf-q8_0": ("gguf", "q8_0")}
+        "base": ("gguf", "q8_0"), "merged": ("gguf", "q8_0"), "gguf-q8_0": ("gguf", "q8_0"),
+        "base-fewshot": ("gguf", "q8_0")}  # the format-only baseline runs in the base's runtime
     assert summary["gguf-q8_0"]["accuracy"] == summary["merged"]["accuracy"]  # one file, scored once
     assert (run.root / "eval" / "models" / "base" / "base.q8_0.gguf").exists()
     assert not (run.root / "eval" / "models" / "merged").exists()  # the export stage's file is reused
     assert not (run.root / "eval" / "gguf-q8_0.jsonl").exists()
     report = json.loads((run.root / "report" / "report.json").read_text())
     assert [(a["name"], a["format"]) for a in report["artifacts"]] == [
-        ("base", "gguf"), ("merged", "gguf"), ("gguf-q8_0", "gguf")]
-    assert report["artifacts"][2]["decode_tok_s"] > 0
+        ("base", "gguf"), ("base-fewshot", "gguf"), ("merged", "gguf"), ("gguf-q8_0", "gguf")]
+    assert report["artifacts"][3]["decode_tok_s"] > 0
 
 
 def test_variants_are_scored_in_the_evaluate_quant_runtime(tmp_path: Path, tiny_model_dir: Path,

@@ -32,6 +32,7 @@ from arte_edge.methods.arte.report import write_report_section
 from arte_edge.progress import log
 from arte_edge.runctx import RunContext
 from arte_edge.rundir import atomic_write_json, read_jsonl
+from arte_edge.tasks.decontam import HeldOut
 
 
 def ensure_aligned(ctx: RunContext, teacher: ChatModel | None = None) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def ensure_aligned(ctx: RunContext, teacher: ChatModel | None = None) -> dict[st
         with timer.step("2_elicit"):
             seeds = ctx.split("seeds")
             drafts = elicit_drafts(teacher, ctx.task, seeds, cfg, recipe.seed, ctx.run.path("align", "drafts.jsonl"),
-                                   "elicit")
+                                   "elicit", HeldOut(ctx.split("eval")))
             usable = [d for d in drafts if d["ok"]]
             rationales = elicit_rationales(teacher, ctx.task, usable, cfg, recipe.seed,
                                            ctx.run.path("align", "rationales.jsonl"))

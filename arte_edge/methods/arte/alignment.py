@@ -63,6 +63,22 @@ def build_aligned_teacher(ctx: RunContext, name: str, pairs: Sequence[dict[str, 
     return out
 
 
+def unaligned_teacher(ctx: RunContext) -> dict[str, Any]:
+    """The original teacher through the aligned teachers' own path: its dequantised fp32 HF folder (what DPO
+    starts from; merging a zero adapter changes nothing) exported by :func:`export_teacher` to the same GGUF type,
+    in ``align/teachers/unaligned/``. So the unaligned and aligned teachers differ only by DPO, not by runtime
+    numerics (the bundled GGUF is another quantisation)."""
+    from arte_edge import models
+
+    cfg, recipe = ctx.method_config, ctx.recipe
+    base = models.hf_folder(recipe.teacher.model)
+    out: dict[str, Any] = {"merged": str(base)}
+    if recipe.teacher.backend == "llama_cpp":
+        out["gguf"] = str(export_teacher(base, aligned_teacher_dir(ctx, "unaligned"), cfg,
+                                         dpo_settings(cfg.dpo, recipe.train).threads))
+    return out
+
+
 def export_teacher(merged: Path, work: Path, cfg: ArteConfig, threads: int) -> Path:
     """The aligned teacher as a verified GGUF of ``cfg.teacher_quant`` (fast generation through llama.cpp)."""
     from arte_edge.export.gguf import artifact_name, export_gguf

@@ -26,22 +26,25 @@ from typing import Any
 from arte_edge.backends.base import ChatModel
 from arte_edge.errors import ArteError
 from arte_edge.methods.arte.align import ensure_aligned
+from arte_edge.methods.arte.alignment import unaligned_teacher
 from arte_edge.methods.arte.files import write_jsonl
 from arte_edge.methods.arte.regeneration import regenerate, select_dataset
 from arte_edge.methods.arte.report import write_report_section
 from arte_edge.progress import log
 from arte_edge.runctx import RunContext
-from arte_edge.rundir import atomic_write_json
+from arte_edge.rundir import atomic_write_json, read_jsonl
+from arte_edge.tasks.decontam import count_contaminated
 
 
 def _open_teacher(ctx: RunContext, name: str, aligned: dict[str, Any]) -> ChatModel:
-    """The teacher that writes dataset ``name``: the original one, or its DPO-aligned version."""
+    """The teacher that writes dataset ``name``: the original one or its DPO-aligned version, both through the same
+    fp32 → GGUF export (so datasets differ by DPO only, not by the runtime's numerics)."""
     from arte_edge.backends import open_chat_model
 
     recipe = ctx.recipe
-    if name == "unaligned" or ctx.method_config.alignment == "select":
+    if ctx.method_config.alignment == "select":  # one teacher for every dataset
         return open_chat_model(recipe.teacher, seed=recipe.seed)
-    info = aligned["teachers"][name]
+    info = unaligned_teacher(ctx) if name == "unaligned" else aligned["teachers"][name]
     if "gguf" in info:
         from arte_edge.backends.llamacpp import LlamaCppChat
 
@@ -91,7 +94,8 @@ def write_datasets(ctx: RunContext, rows_by_name: dict[str, list[dict[str, Any]]
         cost = _dataset_cost(ctx, name, rows_by_name[name], aligned)
         if name != main:
             atomic_write_json(target.parent / "cost.json", cost)
-        info[name] = {"n_examples": n, "n_checked": len(examples), "attempts": len(rows_by_name[name]), **cost}
+        info[name] = {"n_examples": n, "n_checked": len(examples), "attempts": len(rows_by_name[name]),
+                      "n_contaminated": count_contaminated(rows_by_name[name]), **cost}
     if len({len(v) for v in kept.values()}) > 1:
         log(f"generate: datasets cut to {n} examples each (checked: "
             f"{', '.join(f'{k}={len(v)}' for k, v in kept.items())})")
@@ -118,4 +122,6 @@ def generate_datasets(ctx: RunContext) -> dict[str, Any]:
     main = info[cfg.ablation]
     return {"n_examples": main["n_examples"], "teacher_calls": main["teacher_calls"],
             "teacher_prompt_tokens": main["prompt_tokens"], "teacher_completion_tokens": main["completion_tokens"],
-            "main_dataset": cfg.ablation, "datasets": info, "alignment": cfg.alignment}
+            "main_dataset": cfg.ablation, "datasets": info, "alignment": cfg.alignment,
+            "n_contaminated": sum(d["n_contaminated"] for d in info.values())
+            + count_contaminated(read_jsonl(ctx.run.path("align", "drafts.jsonl")))}

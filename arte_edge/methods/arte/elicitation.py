@@ -20,10 +20,11 @@ from arte_edge.methods.common import chat_seeded, completion_cost, rationale_of,
 from arte_edge.progress import progress
 from arte_edge.rundir import stable_id
 from arte_edge.tasks.base import Item, Task
+from arte_edge.tasks.decontam import HeldOut
 
 
 def elicit_drafts(teacher: ChatModel, task: Task, seeds: Sequence[Item], cfg: ArteConfig, seed: int,
-                  path: Path, tag: str) -> list[dict[str, Any]]:
+                  path: Path, tag: str, held_out: HeldOut | None = None) -> list[dict[str, Any]]:
     """Draft ``cfg.n_drafts`` usable questions (with answer keys); unparseable drafts are kept as rejects.
 
     Draft i samples with seed ``seed·100003 + i``; drafts are asked for in windows of ``TEACHER_WINDOW`` (one
@@ -44,7 +45,7 @@ def elicit_drafts(teacher: ChatModel, task: Task, seeds: Sequence[Item], cfg: Ar
                 if n_ok >= cfg.n_drafts:  # as a one-at-a-time run would: nothing past the m-th usable draft
                     break
                 rid = _draft_id(tag, i, cfg, seed)
-                item, why = read_draft(task, c.text, f"{task.name}/arte-{rid}") if c.ok else (None, "")
+                item, why = read_draft(task, c.text, f"{task.name}/arte-{rid}", held_out) if c.ok else (None, "")
                 rows.append({"id": rid, "index": i, "ok": item is not None, "text": c.text,
                              "question": item.question if item else None, "key": item.answer if item else None,
                              "reason": why if c.ok else f"teacher error: {c.error}", **completion_cost(c)})

@@ -53,7 +53,9 @@ def step_settings(recipe: Recipe) -> dict[str, dict[str, Any]]:
                           **pick("preference_student", "student_gguf", "student_quant", "student_max_tokens")},
         "4_dpo": {**dpo, **pick("alignment", "question_pairs", "rationale_pairs", "quantile", "rationale_prompt",
                                 "teacher_quant", "verify_export")},
-        "5_regenerate": {"max_tokens": recipe.generate.max_tokens},
+        # the unaligned teacher is exported like the aligned ones (runs made before that regenerate its data)
+        "5_regenerate": {"max_tokens": recipe.generate.max_tokens, "unaligned_teacher": "fp32 export",
+                         **pick("teacher_quant")},
     }
     return json.loads(json.dumps(settings))
 

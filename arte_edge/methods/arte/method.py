@@ -18,6 +18,7 @@ class ArteMethod(Method):
                "DPO-aligned on it, then writes the data (ablations: unaligned, question-only, rationale-only)")
     config_model = ArteConfig
     extra_stages = ("align",)
+    standard_arm = "unaligned"  # the unaligned teacher's data: standard distillation
 
     def generate(self, ctx: RunContext) -> dict[str, Any]:
         """Steps 1–5: align the teacher (if not done yet), then write the main dataset and the variants."""

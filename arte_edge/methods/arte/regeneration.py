@@ -21,6 +21,7 @@ from arte_edge.progress import progress
 from arte_edge.runctx import RunContext
 from arte_edge.rundir import JsonlAppender, read_jsonl, stable_id
 from arte_edge.tasks.base import Item, Task
+from arte_edge.tasks.decontam import HeldOut
 
 
 def example_from(task: Task, question: str, key: str, completion: str, record_id: str,
@@ -82,7 +83,9 @@ def _regenerate_window(teacher: ChatModel, task: Task, seeds: Sequence[Item], ct
     drafts = chat_seeded(teacher, [draft_prompt(task, seeds)] * len(indices),
                          SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.question_temperature),
                          [seed * 100_003 + 50_000 + i for i in indices])
-    read = {i: read_draft(task, d.text, _regen_id(ctx, name, i)) if d.ok else (None, f"teacher error: {d.error}")
+    held_out = HeldOut(ctx.split("eval"))
+    read = {i: read_draft(task, d.text, _regen_id(ctx, name, i), held_out) if d.ok else
+            (None, f"teacher error: {d.error}")
             for i, d in zip(indices, drafts, strict=True)}
     items = {i: item for i, (item, _) in read.items()}
     asked = [i for i in indices if items[i] is not None]

@@ -73,9 +73,8 @@ class EladConfig(Section):
         description="Baselines run at the same budget: random (+CLEAR), answer_entropy (+CLEAR), teacher_explain "
         "(EGSS selection, the teacher writes its own explanation: no revision).")
     stop_metric: Literal["validation", "eval", "none"] = Field(
-        "validation", description="Accuracy the stopping rule watches: validation (the `preference` split; "
-        "falls back to eval when it is empty, noted in the report), eval (held-out: biases the final number), "
-        "or none (run all rounds).")
+        "validation", description="Accuracy the stopping rule watches: validation (the `preference` split, "
+        "which must then be non-empty), eval (held-out: biases the final number), or none (run all rounds).")
     patience: int = Field(1, ge=1, description="Stop after this many rounds without improvement.")
     min_delta_pt: float = Field(0.0, ge=0.0, description="Improvement (accuracy points) that counts.")
     eval_size: int | None = Field(None, ge=1, description="Held-out items evaluated per round (the first n of "

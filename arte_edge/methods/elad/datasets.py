@@ -66,6 +66,13 @@ def write_outputs(ctx: RunContext, env: LoopEnv, strategies: Sequence[Strategy],
     return n_elad
 
 
+def _eval_mode(cfg: EladConfig) -> str:
+    """The runtime and batch mode curve points are scored in (part of their cache key)."""
+    if not cfg.student_quant:
+        return "fp32 torch, batched"
+    return f"{cfg.student_quant} llama.cpp, " + ("one sequence at a time" if cfg.device_faithful_eval else "batched")
+
+
 def generate_datasets(ctx: RunContext, *, teacher: ChatModel | None = None,
                       open_student: StudentOpener | None = None, trainer: Trainer | None = None) -> dict[str, Any]:
     """Run the ELAD active loop and each baseline at the same budget; write datasets, curve, report section.
@@ -96,7 +103,8 @@ def generate_datasets(ctx: RunContext, *, teacher: ChatModel | None = None,
                       open_student=open_student or scoring,
                       open_eval_student=None if open_student else evaluation,
                       train=trainer or default_trainer(base_dir, recipe),
-                      eval_params=eval_params(ctx.task, recipe.evaluate.max_tokens), seed=recipe.seed)
+                      eval_params=eval_params(ctx.task, recipe.evaluate.max_tokens), seed=recipe.seed,
+                      eval_mode=_eval_mode(cfg))
         strategies = strategies_for(cfg)
         last = run_loop(env, strategies)
     finally:

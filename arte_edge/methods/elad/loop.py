@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from arte_edge.backends.base import ChatModel, SamplingParams
+from arte_edge.errors import ArteError
 from arte_edge.methods.elad.annotation import Annotator, affordable, calls_per_question
 from arte_edge.methods.elad.config import EladConfig
 from arte_edge.methods.elad.students import StudentOpener, Trainer, quantized_dir
 from arte_edge.methods.elad.uncertainty import SCORERS, explain, rank_by_score
-from arte_edge.rundir import JsonlAppender, atomic_write_json, read_jsonl, stable_id
+from arte_edge.rundir import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl, stable_id
 from arte_edge.tasks.base import Item, Task
 
 
@@ -58,6 +59,7 @@ class LoopEnv:
     eval_params: SamplingParams
     seed: int
     open_eval_student: StudentOpener | None = None  # evaluation's opener when it differs (batch-1 decoding)
+    eval_mode: str = ""  # runtime and batch mode of curve evaluation: part of every cached row's key
 
     @property
     def elad_dir(self) -> Path:
@@ -76,6 +78,36 @@ class LoopEnv:
     def append_curve(self, row: dict[str, Any]) -> None:
         """Append one curve point durably."""
         JsonlAppender(self.curve_path).write_batch([row])
+
+    def replace_curve(self, row: dict[str, Any]) -> None:
+        """Rewrite the curve with ``row`` in place of the point of the same (strategy, round)."""
+        rows = [row if (r["strategy"], r["round"]) == (row["strategy"], row["round"]) else r
+                for r in read_jsonl(self.curve_path)]
+        atomic_write_text(self.curve_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def eval_key(env: LoopEnv, model_dir: Path) -> str:
+    """What a curve point's score depends on: the model (its training key, else its files), the evaluation's runtime
+    and batch mode, and the decoding settings. Cached per-item rows and curve points count only under the same key."""
+    record = model_dir.parent / "training.json"
+    model = json.loads(record.read_text()).get("key") if record.exists() else [
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(model_dir.glob("*")) if p.is_file()]
+    return stable_id("elad/eval", model, env.eval_mode, env.eval_params.max_tokens, env.eval_params.stop_regex)
+
+
+def fresh_metrics(env: LoopEnv, row: dict[str, Any], out_dir: Path, label: str) -> dict[str, Any]:
+    """``row`` with its scores redone when they were taken under another evaluation key (e.g. a resumed run that now
+    decodes one sequence at a time) and its model still exists; marked ``eval_key_stale`` when it cannot be."""
+    model_dir = _abs(env, row["model_dir"])
+    if not model_dir.exists():
+        return row if row.get("eval_key") is None else {**row, "eval_key_stale": True}
+    key = eval_key(env, model_dir)
+    if row.get("eval_key") == key:
+        return row
+    fixed = {**row, **_metrics(env, model_dir, out_dir, label)}
+    fixed.pop("eval_key_stale", None)
+    env.replace_curve(fixed)
+    return fixed
 
 
 def _rel(env: LoopEnv, path: Path) -> str:
@@ -98,7 +130,8 @@ def evaluate_dir(env: LoopEnv, model_dir: Path, items: Sequence[Item], out_path:
         return []
     model = (env.open_eval_student or env.open_student)(model_dir)
     try:
-        rows = evaluate_model(model, env.task, items, out_path, env.eval_params, label=label)
+        rows = evaluate_model(model, env.task, items, out_path, env.eval_params, label=label,
+                              key=eval_key(env, model_dir))
     finally:
         model.close()
     return [bool(r["correct"]) for r in rows]
@@ -112,14 +145,14 @@ def _metrics(env: LoopEnv, model_dir: Path, out_dir: Path, label: str) -> dict[s
     val = evaluate_dir(env, model_dir, env.val_items, out_dir / "validation.jsonl", f"{label} (validation)")
     return {"accuracy": summary["accuracy"], "ci_low": summary["ci_low"], "ci_high": summary["ci_high"],
             "n": summary["n_eval"], "val_accuracy": (sum(val) / len(val)) if val else None,
-            "n_val": len(val), "eval_file": _rel(env, out_dir / "eval.jsonl")}
+            "n_val": len(val), "eval_file": _rel(env, out_dir / "eval.jsonl"), "eval_key": eval_key(env, model_dir)}
 
 
 def base_point(env: LoopEnv) -> dict[str, Any]:
     """Round 0, shared by every strategy: the untrained student, no teacher call."""
     row = env.curve().get(("base", 0))
     if row:
-        return row
+        return fresh_metrics(env, row, env.elad_dir / "base", "base student")
     row = {"strategy": "base", "round": 0, "teacher_calls": 0, "teacher_prompt_tokens": 0,
            "teacher_completion_tokens": 0, "n_train": 0, "model_dir": str(env.base_dir),
            **_metrics(env, env.base_dir, env.elad_dir / "base", "base student")}
@@ -131,7 +164,10 @@ def stop_value(env: LoopEnv, row: dict[str, Any]) -> float | None:
     """The accuracy the stopping rule watches for one curve point (None: rule off)."""
     if env.cfg.stop_metric == "none":
         return None
-    if env.cfg.stop_metric == "validation" and row.get("val_accuracy") is not None:
+    if env.cfg.stop_metric == "validation":
+        if row.get("val_accuracy") is None:
+            raise ArteError("elad.stop_metric: 'validation' but this curve point has no validation accuracy "
+                            "(splits.preference is 0); set splits.preference or elad.stop_metric: none")
         return row["val_accuracy"]
     return row["accuracy"]
 
@@ -186,7 +222,9 @@ class StrategyRun:
         prev, values = base, [v for v in [stop_value(env, base)] if v is not None]
         for r in range(1, cfg.rounds + 1):
             row = env.curve().get((self.strategy.name, r))
-            if row is None:
+            if row is not None:
+                row = fresh_metrics(env, row, self.dir / f"round-{r}", f"{self.strategy.name} round {r}")
+            else:
                 row = self.round(r, prev, values)
                 if row is None:
                     break
@@ -226,7 +264,8 @@ class StrategyRun:
         timings["train_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
         same = str(model_dir) == str(_abs(env, prev["model_dir"]))
-        metrics = ({k: prev[k] for k in ("accuracy", "ci_low", "ci_high", "n", "val_accuracy", "n_val", "eval_file")}
+        metrics = ({k: prev.get(k) for k in ("accuracy", "ci_low", "ci_high", "n", "val_accuracy", "n_val", "eval_file",
+                                             "eval_key")}
                    if same else _metrics(env, model_dir, round_dir, f"{self.strategy.name} round {r}"))
         timings["eval_s"] = round(time.perf_counter() - t0, 1)
         this_round = [x for x in state.examples + state.rejected if x["meta"]["round"] == r]

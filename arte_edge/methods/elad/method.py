@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from arte_edge.config import Recipe
 from arte_edge.methods.base import Method
 from arte_edge.methods.elad.config import EladConfig
 from arte_edge.runctx import RunContext
@@ -18,6 +19,14 @@ class EladMethod(Method):
     summary = ("active distillation under a teacher-call budget: EGSS selects, the teacher revises the student's "
                "steps (CLEAR); baselines at the same budget")
     config_model = EladConfig
+
+    def check_recipe(self, recipe: Recipe) -> list[str]:
+        """The validation stop rule needs a validation split (no silent fall-back to the held-out items)."""
+        if recipe.method_config.stop_metric == "validation" and recipe.splits.preference == 0:
+            return ["elad.stop_metric: 'validation' needs a validation split but splits.preference is 0; set "
+                    "splits.preference (e.g. 50) or elad.stop_metric: none (watching the held-out items would bias "
+                    "the reported accuracy)"]
+        return []
 
     def generate(self, ctx: RunContext) -> dict[str, Any]:
         """Run (or resume) the active loop; write the datasets, ``elad/curve.jsonl`` and the report section."""

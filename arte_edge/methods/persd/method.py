@@ -57,6 +57,7 @@ class PersdMethod(Method):
     name = "persd"
     summary = "the teacher refines the student's failing attempts; kept when the tests pass (PERsD)"
     config_model = PersdConfig
+    standard_arm = "stand"  # StanD: the teacher solves the same tasks from scratch (standard distillation)
 
     def generate(self, ctx: RunContext) -> dict[str, Any]:
         """The loop over the pool, writing the main and variant datasets; resumes from the logs."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from arte_edge.backends.base import ChatModel, Completion, SamplingParams
@@ -30,6 +30,7 @@ from arte_edge.methods.common import (
 )
 from arte_edge.rundir import stable_id
 from arte_edge.tasks.base import Item, Task
+from arte_edge.tasks.decontam import HeldOut
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class GenerationSettings:
     question_temperature: float
     max_tokens: int
     answer_followup: bool = True
+    held_out: HeldOut | None = field(default=None, compare=False, repr=False)  # drafts copying these are dropped
 
 
 ANSWER_FOLLOWUP = "Now write only your final answer line, exactly in the form 'Answer: <answer>'."
@@ -117,7 +119,7 @@ def draft_and_answer_window(teacher: ChatModel, task: Task, seeds: Sequence[Item
     params = SamplingParams(max_tokens=settings.max_tokens, temperature=settings.question_temperature)
     prompts = [draft_messages(task, seeds, random.Random(f"{settings.seed}/{index}")) for _, index in window]
     drafts = chat_seeded(teacher, prompts, params, [settings.seed * 100_003 + index for _, index in window])
-    read = [read_draft(task, d.text, f"{task.name}/synthetic-{rid}") if d.ok else (None, "")
+    read = [read_draft(task, d.text, f"{task.name}/synthetic-{rid}", settings.held_out) if d.ok else (None, "")
             for (rid, _), d in zip(window, drafts, strict=True)]
     items = [item for item, _ in read]
     jobs = [(rid, item, {"source": "synthesize", "drafted_key": item.answer})

@@ -22,6 +22,7 @@ class StandardMethod(Method):
         from arte_edge.backends import open_chat_model
         from arte_edge.methods.common import DurableCollector
         from arte_edge.methods.standard.generation import GenerationSettings, generate
+        from arte_edge.tasks.decontam import HeldOut
 
         recipe, gen = ctx.recipe, ctx.recipe.generate
         if gen.questions == "synthesize" and ctx.task.kind == "code":
@@ -38,7 +39,8 @@ class StandardMethod(Method):
             raise ArteError("splits.seeds: is 0 but generate.questions is 'synthesize'; show the teacher ≥ 1 seed")
         settings = GenerationSettings(teacher_name=recipe.teacher.model, seed=recipe.seed,
                                       temperature=gen.temperature, question_temperature=gen.question_temperature,
-                                      max_tokens=gen.max_tokens, answer_followup=gen.answer_followup)
+                                      max_tokens=gen.max_tokens, answer_followup=gen.answer_followup,
+                                      held_out=HeldOut(ctx.split("eval")) if gen.questions == "synthesize" else None)
         teacher = open_chat_model(recipe.teacher, seed=recipe.seed)
         try:
             with progress(f"generate ({gen.questions}, teacher {recipe.teacher.model})", gen.n_examples) as advance:

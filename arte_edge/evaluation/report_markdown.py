@@ -1,0 +1,126 @@
+"""The human-readable report (Markdown) rendered from the report's JSON contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
+    return "–" if value is None else format(value * scale, spec)
+
+
+def _histogram(counts: dict[str, int] | None, top: int = 6) -> str:
+    if not counts:
+        return "–"
+    items = list(counts.items())
+    shown = ", ".join(f"{k} {v}" for k, v in items[:top])
+    return shown + (f", … ({len(items) - top} more)" if len(items) > top else "")
+
+
+def _intro(report: dict[str, Any]) -> list[str]:
+    return [f"# arte-edge report: {report['run']}", "",
+            f"Task **{report['task']}**, method **{report['method']}**, teacher `{report['teacher']}`, "
+            f"student `{report['student']}`. Held-out n = {report['n_eval']}; accuracy with 95% Wilson interval; "
+            f"latency on **{report.get('device') or 'not benchmarked'}** (medians). Accuracy is strict: the "
+            "answer must be on the final `Answer:` line the app would parse; *flexible* also accepts an answer "
+            "found elsewhere (a leading choice letter, the last number), so a gain only in *strict* is a gain "
+            "in following the output format; *answered* is the share of outputs with a parseable answer. A gain "
+            "counts only over the best trivial baseline on the same items (*vs baseline*).", ""]
+
+
+def _baselines(report: dict[str, Any]) -> list[str]:
+    b = report.get("baselines") or {}
+    if not b.get("best"):
+        return []
+    lines = ["## Trivial baselines on the same items", "", "| baseline | accuracy % | what it is |", "|---|---:|---|"]
+    if "chance" in b:
+        lines.append(f"| chance | {_fmt(b['chance']['accuracy'], '.1f', 100)} | a uniform guess among each item's "
+                     "choices |")
+    if "constant" in b:
+        lines.append(f"| constant answer `{b['constant']['answer']}` | {_fmt(b['constant']['accuracy'], '.1f', 100)} "
+                     "| the one answer that scores best on these items (chosen knowing the gold answers) |")
+    if "format_only" in b:
+        lines.append(f"| format only | {_fmt(b['format_only']['accuracy'], '.1f', 100)} | the untrained student "
+                     "shown the seed examples (`base-fewshot`) |")
+    lines += ["", f"Best: **{b['best']['name']}** ({_fmt(b['best']['accuracy'], '.1f', 100)}%). Gold answers: "
+              f"{_histogram(b.get('gold_histogram'))}.", ""]
+    return lines
+
+
+def _artifacts(report: dict[str, Any]) -> list[str]:
+    lines = ["## Artifacts", "",
+             "| artifact | format | quant | size MB | accuracy % | 95% CI | vs baseline pt | flexible % | "
+             "answered % | top answer | Δ vs merged pt | decode tok/s | prompt tok/s | TTFT p50 ms | TTFT p90 ms | "
+             "peak RSS MB | flags |",
+             "|---|---|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in report["artifacts"]:
+        top = f"{r['top_answer']} ({_fmt(r.get('top_share'), '.0f', 100)}%)" if r.get("top_answer") else "–"
+        lines.append(
+            f"| {r['name']} | {r['format']} | {r['quant']} | {_fmt(r['size_bytes'], '.1f', 1e-6)} | "
+            f"{_fmt(r['accuracy'], '.1f', 100)} | [{_fmt(r['ci_low'], '.1f', 100)}, {_fmt(r['ci_high'], '.1f', 100)}] "
+            f"| {_fmt(r.get('margin_pt'), '+.1f')} | {_fmt(r.get('accuracy_flexible'), '.1f', 100)} "
+            f"| {_fmt(r.get('answered'), '.0f', 100)} | {top} | {_fmt(r['delta_vs_merged_pt'], '+.1f')} "
+            f"| {_fmt(r['decode_tok_s'], '.1f')} | {_fmt(r['prompt_tok_s'], '.0f')} | {_fmt(r['ttft_ms_p50'], '.0f')} "
+            f"| {_fmt(r['ttft_ms_p90'], '.0f')} | {_fmt(r['peak_rss_bytes'], '.0f', 1e-6)} "
+            f"| {'; '.join(r.get('flags') or []) or 'ok'} |")
+    lines += ["", "Answers given (most frequent first; `(none)` = no parseable answer):", ""]
+    lines += [f"- {r['name']}: {_histogram(r.get('answer_histogram'))}" for r in report["artifacts"]]
+    return lines
+
+
+def _arms(report: dict[str, Any]) -> list[str]:
+    lines = ["", "## Training-data arms", "",
+             "| arm | n_train | answers in its data | teacher calls | accuracy % | 95% CI | vs baseline pt | "
+             "pt over base per 100 calls | flexible % | McNemar p vs base | flags |",
+             "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---|"]
+    for v in report["variants"]:
+        lines.append(f"| {v['method']} | {v['n_train']} | {_histogram(v.get('label_histogram'), 5)} | "
+                     f"{v['teacher_calls']} | {_fmt(v['accuracy'], '.1f', 100)} | "
+                     f"[{_fmt(v['ci_low'], '.1f', 100)}, {_fmt(v['ci_high'], '.1f', 100)}] | "
+                     f"{_fmt(v.get('margin_pt'), '+.1f')} | {_fmt(v.get('gain_pt_per_100_calls'), '+.2f')} | "
+                     f"{_fmt(v.get('accuracy_flexible'), '.1f', 100)} | {_fmt(v.get('mcnemar_p_vs_base'), '.3f')} | "
+                     f"{'; '.join(v.get('flags') or []) or 'ok'} |")
+    dropped = report.get("n_contaminated")
+    if dropped is not None:
+        lines += ["", "Teacher-drafted questions dropped as copies of held-out items (exact, or a shared 13-word "
+                  f"run): {dropped}."]
+    comparisons = report.get("comparisons") or []
+    if comparisons:
+        ref = comparisons[0]["reference"]
+        lines += ["", f"Each arm against `{ref}` on the same items: difference with a paired bootstrap 95% interval, "
+                  "exact McNemar p, p adjusted by Holm over these comparisons, and the smallest difference these "
+                  "items could detect at 80% power (MDE, from the discordance seen).", "",
+                  "| arm | n | Δ pt | 95% CI pt | only arm / only ref | p | p (Holm) | MDE pt |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|"]
+        for c in comparisons:
+            lines.append(f"| {c['label']} | {c['n']} | {_fmt(c['diff'], '+.1f', 100)} | "
+                         f"[{_fmt(c['diff_low'], '+.1f', 100)}, {_fmt(c['diff_high'], '+.1f', 100)}] | "
+                         f"{c['only_a']} / {c['only_b']} | {_fmt(c['p'], '.3f')} | {_fmt(c['p_holm'], '.3f')} | "
+                         f"{_fmt(c['mde'], '.1f', 100)} |")
+    return lines
+
+
+def _recommendation(report: dict[str, Any]) -> list[str]:
+    rec = report.get("recommendation")
+    lines = ["", "## Recommendation", ""]
+    if rec and rec.get("name"):
+        lines.append(f"Ship **{rec['name']}** ({rec['decode_tok_s']:.1f} tok/s, {100 * rec['accuracy']:.1f}%, "
+                     f"{_fmt(rec.get('margin_pt'), '+.1f')} pt over the best trivial baseline): {rec['rule']}.")
+    elif rec:
+        lines.append("**No artifact can be recommended**: every candidate is flagged, not benchmarked or below the "
+                     "accuracy gate (reasons below).")
+    else:
+        lines.append("No artifact is both benchmarked and within the accuracy gate.")
+    for name, why in (rec or {}).get("excluded", {}).items():
+        lines.append(f"- not {name}: {why}")
+    return lines
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The human-readable report."""
+    lines = _intro(report) + _baselines(report) + _artifacts(report) + _arms(report) + _recommendation(report)
+    if report.get("pareto_png"):
+        lines += ["", f"![accuracy vs latency](pareto.png)  Pareto front: {', '.join(report['pareto_front'])}"]
+    lines += ["", "## Stage wall times", "", "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in report["stage_seconds"].items()]
+    return "\n".join(lines) + "\n"
