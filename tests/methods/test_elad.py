@@ -257,13 +257,13 @@ def _fake_trainer(calls: list[Path]) -> students.Trainer:
 
 
 @pytest.mark.parametrize("elad_cfg", [
-    {"budget": 5, "rounds": 4, "batch_size": 2, "candidates_per_round": 4},  # budget binds mid-round
+    {"budget": 5, "rounds": 4, "batch_size": 2, "candidates_per_round": 8},  # budget binds mid-round
     {"budget": 40, "rounds": 3, "batch_size": 3},  # rounds bind
     {"budget": 7, "rounds": 5, "batch_size": 2, "checker": "self_consistency", "consistency_samples": 2},
 ])
 def test_never_more_teacher_calls_than_budget(tmp_path: Path, tiny_model_dir: Path, elad_cfg: dict) -> None:
     teacher, trained = FakeTeacher(), []
-    ctx = _ctx(tmp_path, tiny_model_dir, {**elad_cfg, "stop_metric": "none", "n_samples": 3})
+    ctx = _ctx(tmp_path, tiny_model_dir, {**elad_cfg, "stop_metric": "none", "n_samples": 4})
     out = elad.generate_datasets(ctx, teacher=teacher, open_student=lambda _: FakeStudent(),
                                  trainer=_fake_trainer(trained))
     cfg = ctx.method_config
@@ -309,8 +309,8 @@ def test_patience_stops_the_loop(tmp_path: Path, tiny_model_dir: Path) -> None:
 
 def test_active_loop_on_tiny_model_curve_plot_and_resume(tmp_path: Path, tiny_model_dir: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    elad_cfg = {"budget": 4, "rounds": 2, "batch_size": 2, "candidates_per_round": 3, "n_samples": 2,
-                "max_prefixes": 2, "explain_max_tokens": 24, "prefix_max_tokens": 6, "stop_metric": "none"}
+    elad_cfg = {"budget": 4, "rounds": 2, "batch_size": 2, "candidates_per_round": 8, "n_samples": 4,
+                "max_prefixes": 4, "explain_max_tokens": 24, "prefix_max_tokens": 6, "stop_metric": "none"}
     ctx = _ctx(tmp_path, tiny_model_dir, elad_cfg, variants={"evaluate": False})
     teacher = FakeTeacher()
     out = elad.generate_datasets(ctx, teacher=teacher)
@@ -404,7 +404,7 @@ def test_cpu_recipe_validates_and_fits_its_budget() -> None:
     recipe = load_recipe(ROOT / "configs" / "elad-arc-easy-cpu.yaml")
     cfg = recipe.method_config
     assert recipe.method == "elad" and recipe.task == "arc_easy"
-    assert cfg.budget == cfg.rounds * cfg.batch_size and cfg.candidates_per_round >= cfg.batch_size
+    assert cfg.budget == cfg.rounds * cfg.batch_size and cfg.candidates_per_round >= 4 * cfg.batch_size
     assert cfg.eval_size is not None and cfg.eval_size <= recipe.splits.eval
 
 

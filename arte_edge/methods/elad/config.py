@@ -24,8 +24,9 @@ class EladConfig(Section):
     rounds: int = Field(4, ge=1, description="Active rounds R (select → revise → train → evaluate).")
     batch_size: int = Field(16, ge=1, description="Questions b sent to the teacher per round.")
     candidates_per_round: int | None = Field(
-        None, ge=1, description="Unlabelled questions scored per round (a seeded random subset of the pool); "
-        "None scores the whole remaining pool (the paper; slow on CPU).")
+        None, ge=1, description="Unlabelled questions scored per round (a seeded random subset of the pool), at "
+        "least 4 × batch_size so that selection chooses 1 in 4 or fewer; None scores the whole remaining pool "
+        "(the paper; slow on CPU).")
 
     # -- selection (EGSS) --------------------------------------------------------------------------
     selection: Selection = Field("egss", description="How ELAD itself selects: egss (explanation-guided), "
@@ -39,11 +40,13 @@ class EladConfig(Section):
     step_split: Literal["numbered", "lines", "sentences"] = Field(
         "numbered", description="How an explanation is cut into steps: numbered ('Step k:' lines, falling back "
         "to lines when there are none), non-empty lines, or sentences.")
-    max_prefixes: int = Field(6, ge=1, description="At most this many step prefixes are answered per "
-                              "explanation (evenly spaced); bounds the intra-explanation cost.")
+    max_prefixes: int = Field(6, ge=4, description="At most this many step prefixes are answered per "
+                              "explanation (evenly spaced; at least 4, or the intra-explanation score takes only "
+                              "a few values); bounds the intra-explanation cost.")
     include_empty_prefix: bool = Field(False, description="Also ask for the answer before any step (k = 0).")
-    n_samples: int = Field(4, ge=2, description="Explanations N sampled per question for the inter-explanation "
-                           "entropy (and answers sampled for answer_entropy).")
+    n_samples: int = Field(4, ge=4, description="Explanations N sampled per question for the inter-explanation "
+                           "entropy (and answers sampled for answer_entropy); at least 4: with 2 the entropy is 0 or "
+                           "1 and most candidates tie at the top.")
     sample_temperature: float = Field(0.7, gt=0.0, le=2.0, description="Temperature of those samples.")
     answer_entropy_mode: Literal["direct", "explained"] = Field(
         "direct", description="answer_entropy baseline: entropy of N direct answers (no reasoning: classic "
@@ -99,6 +102,8 @@ class EladConfig(Section):
     def _check(self) -> EladConfig:
         if len(set(self.baselines)) != len(self.baselines):
             raise ValueError("elad.baselines: names must be unique")
-        if self.candidates_per_round is not None and self.candidates_per_round < self.batch_size:
-            raise ValueError("elad.candidates_per_round must be ≥ elad.batch_size (score at least b questions)")
+        if self.candidates_per_round is not None and self.candidates_per_round < 4 * self.batch_size:
+            raise ValueError(f"elad.candidates_per_round must be ≥ 4 × elad.batch_size ({4 * self.batch_size}) or "
+                             "null (the whole pool): selecting from barely more candidates than it takes is "
+                             "close to random selection")
         return self
