@@ -182,7 +182,7 @@ def write_report(run: RunDir, max_drop_pt: float = 1.0, standard_arm: str | None
     }
     from arte_edge.evaluation.pareto import pareto_front, plot_pareto
 
-    report["pareto_front"] = pareto_front(rows)
+    report["pareto_front"] = pareto_front([r for r in rows if not r.get("flags")])  # flagged ones never ship
     plot = plot_pareto(rows, run.report_dir / "pareto.png",
                        f"{report['run']}: accuracy vs decode latency on {device or 'host'}")
     report["pareto_png"] = "report/pareto.png" if plot else None

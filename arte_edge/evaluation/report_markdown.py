@@ -120,7 +120,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     """The human-readable report."""
     lines = _intro(report) + _baselines(report) + _artifacts(report) + _arms(report) + _recommendation(report)
     if report.get("pareto_png"):
-        lines += ["", f"![accuracy vs latency](pareto.png)  Pareto front: {', '.join(report['pareto_front'])}"]
+        front = ", ".join(report["pareto_front"]) or "none (every benchmarked artifact is flagged)"
+        lines += ["", f"![accuracy vs latency](pareto.png)  Pareto front of the unflagged artifacts: {front}"]
     lines += ["", "## Stage wall times", "", "| stage | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in report["stage_seconds"].items()]
     return "\n".join(lines) + "\n"
