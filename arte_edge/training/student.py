@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,12 +120,20 @@ def adopt_trained(source: Path, work: Path, base_dir: Path, examples: list[dict[
     for name in ("adapter", "merged"):
         shutil.rmtree(work / name, ignore_errors=True)
         if (source / name).exists() and (name == "adapter" or record.get("merged_key") == record["key"]):
-            shutil.copytree(source / name, work / name)
+            shutil.copytree(source / name, work / name, copy_function=_link_or_copy)
     kept = {k: v for k, v in record.items() if k in ("key", "stats")}
     if (work / "merged").exists():
         kept.update({k: record[k] for k in ("merge", "merged_key") if k in record})
     atomic_write_json(work / RECORD, {**kept, "adopted_from": str(source)})
     return True
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link (no second copy of a GB-sized model on the same disk), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def read_record(work: Path) -> dict[str, Any]:
