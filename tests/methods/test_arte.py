@@ -157,24 +157,24 @@ class _Exploding:
 def test_question_pairs_are_top_quartile_vs_bottom_quartile() -> None:
     drafts = [{"id": f"d{i}", "index": i, "text": f"draft {i}"} for i in range(20)]
     scores = {f"d{i}": i / 20 for i in range(20)}
-    pairs = A.question_pairs(drafts, scores, 50, 0.25, [{"role": "user", "content": "draft"}], 0)
-    assert len(pairs) == 25  # 5 top × 5 bottom
+    pairs, small = A.question_pairs(drafts, scores, 50, 0.25, [{"role": "user", "content": "draft"}], 0)
+    assert len(pairs) == 25 and small == 0  # 5 top × 5 bottom
     for p in pairs:
         assert p["chosen_score"] >= 15 / 20 and p["rejected_score"] <= 4 / 20
         assert p["prompt"] == [{"role": "user", "content": "draft"}]
-    assert len(A.question_pairs(drafts, scores, 7, 0.25, [], 0)) == 7
+    assert len(A.question_pairs(drafts, scores, 7, 0.25, [], 0)[0]) == 7
 
 
 def test_rationale_pairs_are_best_vs_worst() -> None:
     task = get_task(str(ARITH))
     cfg = ArteConfig()
     drafts = [{"id": "d0", "question": "What is 1 + 2?"}, {"id": "d1", "question": "What is 2 + 2?"}]
-    rationales = [{"id": f"r{d}{k}", "draft_id": f"d{d}", "style": k, "target": f"t{d}{k}"}
+    rationales = [{"id": f"r{d}{k}", "draft_id": f"d{d}", "style": k, "ok": True, "target": f"t{d}{k}"}
                   for d in range(2) for k in range(4)]
     scores = [{"id": "r00", "score": .2}, {"id": "r01", "score": .9}, {"id": "r02", "score": .1},
               {"id": "r03", "score": .5}] + [{"id": f"r1{k}", "score": .5} for k in range(4)]
-    pairs = A.rationale_pairs(task, drafts, rationales, scores, 250, cfg)
-    assert len(pairs) == 1  # d1's rationales all tie: no preference
+    pairs, small = A.rationale_pairs(task, drafts, rationales, scores, 250, cfg)
+    assert len(pairs) == 1 and small == 0  # d1's rationales all tie: no preference, not a small gap
     (p,) = pairs
     assert p["chosen"][0]["content"] == "t01" and p["rejected"][0]["content"] == "t02"
     assert p["prompt"][-1]["content"].endswith("Let's think step by step.")
@@ -231,9 +231,9 @@ def test_generate_datasets_select_mode(tmp_path: Path, monkeypatch: pytest.Monke
 
     recipe = _recipe(alignment="select")
     monkeypatch.setattr(backends, "open_chat_model", lambda spec, seed=0, name=None: FakeTeacher())
-    monkeypatch.setattr(students, "student_scorer", lambda ctx: (ChatModelScorer(FakeStudent(), SamplingParams()),
-                                                                 {"kind": "fake", "path": "-"}))
-    monkeypatch.setattr(students, "irt_scorers", lambda ctx: {f"m{b}": (lambda b=b: ChatModelScorer(
+    monkeypatch.setattr(students, "student_artifact", lambda ctx: {"kind": "fake", "path": "-", "sha256": "0" * 64})
+    monkeypatch.setattr(students, "open_student", lambda ctx, s: ChatModelScorer(FakeStudent(), SamplingParams()))
+    monkeypatch.setattr(students, "irt_scorers", lambda ctx, s: {f"m{b}": (lambda b=b: ChatModelScorer(
         FakeStudent(bonus=b), SamplingParams())) for b in range(3)})
     ctx = RunContext(recipe, RunDir(tmp_path / "run"))
     ctx.ensure_splits()
@@ -248,6 +248,9 @@ def test_generate_datasets_select_mode(tmp_path: Path, monkeypatch: pytest.Monke
     assert len(read_jsonl(align / "scores.jsonl")) == 12 * 4
     pairs = read_jsonl(align / "pairs.jsonl")
     assert {p["kind"] for p in pairs} == {"question", "rationale"}
+    assert all(p["chosen_score"] - p["rejected_score"] >= 0.15 - 1e-9 for p in pairs)  # arte.min_score_gap
+    summary = json.loads((align / "summary.json").read_text())
+    assert summary["min_score_gap"] == 0.15 and summary["n_rationales_scored"] == 12 * 4
 
     task = ctx.task
     main = read_jsonl(ctx.run.examples_path)
@@ -267,9 +270,11 @@ def test_generate_datasets_select_mode(tmp_path: Path, monkeypatch: pytest.Monke
     assert out["teacher_calls"] > 0 and out["teacher_prompt_tokens"] > 0
     section = (tmp_path / "run" / "report" / "sections" / "arte.md").read_text()
     assert "D_pref" in section and "fake" in section
+    assert f"{summary['n_question_pairs_small_gap']} question-pair candidates and " \
+        f"{summary['n_rationale_pairs_small_gap']} rationale pairs skipped" in section
     # idempotent: a rerun makes no teacher or student call
     monkeypatch.setattr(backends, "open_chat_model", lambda spec, seed=0, name=None: _NoCalls())
-    monkeypatch.setattr(students, "student_scorer", lambda ctx: pytest.fail("student must not be reopened"))
+    monkeypatch.setattr(students, "open_student", lambda ctx, s: pytest.fail("student must not be reopened"))
     assert arte.generate_datasets(ctx)["n_examples"] == 6
 
 
@@ -493,3 +498,125 @@ def test_unaligned_teacher_goes_through_the_aligned_teachers_export(tmp_path: Pa
     finally:
         teacher.close()
     assert alignment.unaligned_teacher(ctx) == info and gguf.stat().st_mtime_ns == written  # exported once, reused
+
+
+# ------------------------------------------------------------------------ issue 15: confounds fixed
+def test_irt_and_preference_scoring_open_the_same_student_artifact(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The student's IRT respondent (step 1) and ŝ_r (step 3) answer as one file, recorded by path and sha256;
+    another file under the same name is not served from the first one's cache."""
+    import hashlib
+
+    import arte_edge.backends as backends
+    from arte_edge import models
+
+    files = tmp_path / "files"
+    files.mkdir()
+    q8 = files / "student.q8_0.gguf"
+    q8.write_bytes(b"q8_0 student")
+    for name in ("fake-student", "other-model"):
+        (files / f"{name}.q4_1.gguf").write_bytes(b"bundled " + name.encode())
+    opened: list[Path] = []
+
+    def fake_gguf_scorer(path: Path, ctx: RunContext, params: SamplingParams) -> ChatModelScorer:
+        opened.append(Path(path))
+        return ChatModelScorer(FakeStudent(bonus=int("other" in Path(path).name)), SamplingParams())
+
+    monkeypatch.setattr(models, "gguf_path", lambda name, progress=None: files / f"{name}.q4_1.gguf")
+    monkeypatch.setattr(students, "student_in_quant", lambda ctx, qtype: q8)
+    monkeypatch.setattr(students, "gguf_scorer", fake_gguf_scorer)
+    monkeypatch.setattr(backends, "open_chat_model", lambda spec, seed=0, name=None: FakeTeacher())
+    recipe = _recipe(alignment="select", student_quant="q8_0", irt_scorers=["fake-student", "other-model"])
+    ctx = RunContext(recipe, RunDir(tmp_path / "run"))
+    ctx.ensure_splits()
+    summary = A.ensure_aligned(ctx)
+
+    other = files / "other-model.q4_1.gguf"
+    assert opened == [q8, other, q8]  # IRT: the student as the q8_0 file, the other model as its own; then ŝ_r
+    sha = hashlib.sha256(b"q8_0 student").hexdigest()
+    assert (summary["student"]["path"], summary["student"]["sha256"]) == (str(q8), sha)
+    assert summary["student"]["irt_respondent"] is True
+    align = tmp_path / "run" / "align"
+    dpref = json.loads((align / "dpref.json").read_text())
+    assert dpref["student"]["respondents"] == ["fake-student"] and dpref["student"]["sha256"] == sha
+    assert json.loads((align / "student.json").read_text())["path"] == str(q8)
+    A.write_report_section(ctx, summary)
+    section = (tmp_path / "run" / "report" / "sections" / "arte.md").read_text()
+    assert f"`{q8}` (sha256 {sha})" in section and "IRT respondent and ŝ_r, one artifact" in section
+    rows_before = {r["id"] for r in read_jsonl(align / "irt_responses.jsonl") if r["model"] == "fake-student"}
+
+    opened.clear()
+    A.ensure_aligned(ctx)  # nothing changed: nothing is answered again
+    assert opened == []
+    q8.write_bytes(b"another q8_0 student file")  # same path and name, other content
+    A.ensure_aligned(ctx)
+    assert opened == [q8, other, q8]  # D_pref and the scores are redone with the new file
+    rows_after = {r["id"] for r in read_jsonl(align / "irt_responses.jsonl") if r["model"] == "fake-student"}
+    assert rows_after and not rows_after & rows_before
+    assert json.loads((align / "student.json").read_text())["sha256"] == hashlib.sha256(q8.read_bytes()).hexdigest()
+
+
+class _CuttingTeacher(FakeTeacher):
+    """A FakeTeacher whose style-0 rationale is cut at max_tokens before its answer line (its demo says level0)."""
+
+    def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
+        if messages[0]["content"].startswith(ArteConfig().styles[0]):
+            return Completion("In style0 (level0) we first add the tens, then", 40, 64, finish_reason="length")
+        return super().chat(messages, params)
+
+
+def test_a_cut_rationale_is_scored_and_can_be_the_rejected_side(tmp_path: Path) -> None:
+    from arte_edge.methods.arte.elicitation import elicit_rationales
+    from arte_edge.methods.arte.regeneration import example_from
+
+    task = _arith_task()
+    dpref = task.load()[:12]
+    cfg = ArteConfig(min_score_gap=0.0)
+    drafts = [{"id": "d0", "ok": True, "question": "What is 2 + 5?", "key": "7"}]
+    rationales = elicit_rationales(_CuttingTeacher(), task, drafts, cfg, 0, tmp_path / "rationales.jsonl")
+    cut = next(r for r in rationales if r["style"] == 0)
+    assert not cut["ok"] and cut["finish_reason"] == "length"
+    demos: list[str] = []
+
+    class Recording(ChatModelScorer):
+        def answer(self, prefix, questions):
+            demos.append(prefix[-1]["content"])
+            return super().answer(prefix, questions)
+
+    scores = A.score_rationales(Recording(FakeStudent(bonus=-1), SamplingParams()), task, drafts, rationales, dpref,
+                                tmp_path / "scores.jsonl")
+    by_id = {s["id"]: s for s in scores}
+    assert len(scores) == 4 and cut["id"] in by_id  # scored, not dropped
+    assert demos[0] == "In style0 (level0) we first add the tens, then"  # a demonstration without an answer line
+    assert by_id[cut["id"]]["cut"] and not by_id[cut["id"]]["answer_line"]
+    assert by_id[cut["id"]]["score"] == 0.0  # level0: the student gets nothing right with it
+    assert all(s["score"] > 0 for s in scores if s["id"] != cut["id"])
+
+    pairs, small = A.rationale_pairs(task, drafts, rationales, scores, 10, cfg)
+    (pair,) = pairs
+    assert pair["rejected"][0]["content"] == "In style0 (level0) we first add the tens, then"
+    assert pair["rejected_cut"] and not pair["chosen_cut"] and small == 0
+    # the training data's checker is unchanged: the cut rationale is never an example
+    assert example_from(task, "What is 2 + 5?", "7", cut["text"], "x", {}) is None
+    assert not cut["agrees_with_key"]
+
+
+def test_a_pair_below_the_minimum_score_gap_is_skipped_and_counted() -> None:
+    task = _arith_task()
+    cfg = ArteConfig(min_score_gap=0.15)  # D_pref of 10 below: one question (0.1) is not enough, two are
+    drafts = [{"id": f"d{i}", "question": f"What is {i} + 1?"} for i in range(4)]
+    scored = {"d0": (0.3, 0.2), "d1": (0.4, 0.2), "d2": (0.35, 0.2), "d3": (0.5, 0.5)}
+    rationales = [{"id": f"{d}r{k}", "draft_id": d, "style": k, "ok": True, "target": f"{d} style {k}\nAnswer: 1"}
+                  for d in scored for k in range(2)]
+    scores = [{"id": f"{d}r{k}", "draft_id": d, "score": v[k]} for d, v in scored.items() for k in range(2)]
+    pairs, small = A.rationale_pairs(task, drafts, rationales, scores, 10, cfg)
+    assert sorted(p["chosen"][0]["content"].split()[0] for p in pairs) == ["d1", "d2"]  # 0.2 and 0.15 (rounded)
+    assert small == 1  # d0's one-question gap; d3's tie is no preference at all
+    everything, none_small = A.rationale_pairs(task, drafts, rationales, scores, 10, ArteConfig(min_score_gap=0.0))
+    assert len(everything) == 3 and none_small == 0  # the paper's rule: any difference
+
+    q_drafts = [{"id": f"q{i}", "index": i, "text": f"draft {i}"} for i in range(8)]
+    q_scores = dict(zip([d["id"] for d in q_drafts], [0.5, 0.45, 0.42, 0.41, 0.41, 0.41, 0.4, 0.2], strict=True))
+    qp, q_small = A.question_pairs(q_drafts, q_scores, 50, 0.25, [], 0, min_gap=0.15)
+    assert {(p["chosen_score"], p["rejected_score"]) for p in qp} == {(0.5, 0.2), (0.45, 0.2)}
+    assert q_small == 2  # 0.5 vs 0.4 and 0.45 vs 0.4

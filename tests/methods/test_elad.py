@@ -26,7 +26,7 @@ from arte_edge.tasks.base import Item
 ROOT = Path(__file__).resolve().parents[2]
 ARITH = ROOT / "tests" / "data" / "arith" / "task.yaml"
 QUESTION = re.compile(r"What is (-?\d+) ([+*-]) (-?\d+)\?")
-STRATEGIES = ["elad", "random", "answer_entropy", "teacher_explain"]
+STRATEGIES = ["elad", "standard", "random", "answer_entropy", "teacher_explain"]
 
 
 def _solve(text: str) -> tuple[str, int, int]:
@@ -336,8 +336,12 @@ def test_active_loop_on_tiny_model_curve_plot_and_resume(tmp_path: Path, tiny_mo
     assert not elad.refresh_report(tmp_path / "no-elad-here")
     examples = read_jsonl(ctx.run.examples_path)
     assert len(examples) == out["n_examples"] and all(e["messages"][-1]["role"] == "assistant" for e in examples)
-    for name in ("random", "answer_entropy", "teacher_explain"):
+    for name in ("standard", "random", "answer_entropy", "teacher_explain"):
         assert (root / "data" / "variants" / name / "cost.json").exists()
+    # Every strategy's last point is compared with standard distillation at the same budget, Holm-adjusted.
+    assert "### Last points vs `standard` on the same held-out items (paired)" in section
+    assert {p["strategy"] for p in info["paired"]} == set(STRATEGIES) - {"standard"}
+    assert all(p["reference"] == "standard" and p["p_holm"] >= p["mcnemar_p"] for p in info["paired"])
     # keep_models: last — only the newest merged student per strategy stays on disk
     assert not (root / "elad" / "elad" / "round-1" / "merged").exists()
 
@@ -380,7 +384,7 @@ def test_active_loop_on_tiny_model_curve_plot_and_resume(tmp_path: Path, tiny_mo
 
     monkeypatch.setattr(sft, "train_adapter", no_training)
     already = elad.METHOD.trained_students(ctx)
-    arms = {name for name in ("random", "answer_entropy", "teacher_explain")
+    arms = {name for name in ("standard", "random", "answer_entropy", "teacher_explain")
             if read_jsonl(root / "data" / "variants" / name / "examples.jsonl")}
     assert set(already) == {"main", *arms}
     last_elad = [r for r in again if r["strategy"] == "elad"][-1]
@@ -489,3 +493,29 @@ def test_cached_curve_points_count_only_under_the_same_evaluation_mode(tmp_path:
     base_dir.rmdir()
     env.eval_mode = "fp32 torch, batched"
     assert loop.base_point(env)["eval_key_stale"] is True and student.calls == 12
+
+
+def test_last_points_are_compared_with_standard_distillation_holm_adjusted(tmp_path: Path) -> None:
+    from arte_edge.methods.elad.report import paired_final
+    from arte_edge.stats import mcnemar_p
+
+    root = tmp_path / "run"
+    answers = {"standard": [1] * 10 + [0] * 10, "elad": [1] * 18 + [0] * 2, "random": [1] * 10 + [0] * 10}
+    rows = [{"strategy": "base", "round": 0, "eval_file": "base.jsonl"}]
+    for name, correct in answers.items():
+        path = root / f"{name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(__import__("json").dumps({"item_id": f"q{i}", "correct": bool(c)}) + "\n"
+                                for i, c in enumerate(correct)))
+        rows += [{"strategy": name, "round": 1, "eval_file": f"{name}.jsonl"}]
+    paired = {p["strategy"]: p for p in paired_final(root, rows)}
+    assert set(paired) == {"elad", "random"}  # the reference is not compared with itself
+    e = paired["elad"]
+    assert (e["only_a"], e["only_b"], e["n"]) == (8, 0, 20) and e["diff"] == pytest.approx(0.4)
+    assert e["mcnemar_p"] == pytest.approx(round(mcnemar_p([True] * 18 + [False] * 2, [True] * 10 + [False] * 10), 4))
+    assert e["mcnemar_p"] == pytest.approx(2 * 0.5 ** 8, abs=1e-4)
+    assert e["p_holm"] == pytest.approx(min(1.0, 2 * e["p"]), abs=1e-4)  # smallest of 2 p-values: × 2
+    assert paired["random"]["diff"] == 0 and paired["random"]["p_holm"] == 1.0
+    # Without a standard arm the strategies are compared with ELAD, as before.
+    without = paired_final(root, [r for r in rows if r["strategy"] != "standard"])
+    assert [(p["strategy"], p["reference"]) for p in without] == [("random", "elad")]

@@ -94,9 +94,9 @@ def teacher_respond(messages: Sequence[Message], params: SamplingParams) -> str:
 
 
 def run_toy(root: Path, *, budget: int | None = None, mode: str = "code", teacher: FakeChat | None = None,
-            student: FakeChat | None = None) -> dict:
+            student: FakeChat | None = None, variants: tuple[str, ...] = persd.ALL_VARIANTS) -> dict:
     settings = LoopSettings(student_name="fake-student", teacher_name="fake-teacher", budget=budget,
-                            refine_mode=mode, batch_size=2, test_timeout_s=5.0)
+                            refine_mode=mode, batch_size=2, test_timeout_s=5.0, variants=variants)
     student = student or FakeChat("student", student_respond)
     teacher = teacher or FakeChat("teacher", teacher_respond)
     return run_loop(lambda: student, lambda: teacher, toy_task(), toy_items(), root, settings)
@@ -170,34 +170,132 @@ def test_loop_drops_passes_rechecks_refinements_and_builds_five_datasets(tmp_pat
         assert f"return x * {k}" in user and "AssertionError: assert" in user and "(got" in user
         assert example["messages"][-1]["content"].endswith(f"return x + {k}\n```")
 
-    combined = dataset(tmp_path, "persd-combined")
-    assert [e["id"] for e in combined] == [e["id"] for e in main] + [e["id"] for e in refine]
+    combined = dataset(tmp_path, "persd-combined")  # refine examples, then each refined task's from-scratch gold
+    gold = [e for e in combined if e["meta"].get("role") == "gold"]
+    assert [e["id"] for e in combined[:len(refine)]] == [e["id"] for e in refine]
+    assert combined[len(refine):] == gold
+    assert [e["meta"]["item_id"] for e in gold] == [f"toy/{k}" for k in kept if k not in BAD_DIRECT]
 
     inpd = dataset(tmp_path, "inpd")  # teacher from scratch on the failed tasks only
     assert [e["meta"]["item_id"] for e in inpd] == [f"toy/{k}" for k in failed if k not in BAD_DIRECT]
     stand = dataset(tmp_path, "stand")  # teacher from scratch on the first B pool tasks
     assert [e["meta"]["item_id"] for e in stand] == [f"toy/{k}" for k in range(len(failed)) if k not in BAD_DIRECT]
+    stand_full = dataset(tmp_path, "stand-full")  # teacher from scratch on every pool task
+    assert [e["meta"]["item_id"] for e in stand_full] == [f"toy/{k}" for k in range(N_POOL) if k not in BAD_DIRECT]
 
     rejected = read_jsonl(tmp_path / "data" / "rejected.jsonl")
     assert {r["meta"]["item_id"] for r in rejected} == {"toy/4", "toy/5"}
     assert all("failed:" in r["reason"] for r in rejected)
 
 
+def _write_log(root: Path, name: str, rows: list[dict]) -> None:
+    path = LoopPaths(root).log(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _teacher_row(record_id: str, k: int, code: str, calls: int = 1) -> dict:
+    return {"id": record_id, "item_id": f"toy/{k}", "completion": block(code), "answer": code,
+            "meta": {"item_id": f"toy/{k}", "teacher_calls": calls, "prompt_tokens": 10, "completion_tokens": 3}}
+
+
+def test_combined_is_the_refine_examples_plus_each_refined_tasks_gold_as_the_authors_scripts(tmp_path: Path) -> None:
+    """create_chatgpt_only_refinement_data.py: the refinement rows, then the gold row (task → the teacher's own
+    solution, not the refinement) of each task whose refinement passed, once per task."""
+    from arte_edge.methods.persd.records import attempt_id, direct_id, refine_id
+    from arte_edge.rundir import stable_id
+
+    s = LoopSettings(student_name="s", teacher_name="t")
+    task, pool = toy_task(), toy_items(5)
+    attempts = {k: attempt_id(s, pool[k]) for k in range(5)}
+    refined = {k: f"def f{k}(x):\n    return x + {k}  # refined" for k in range(5)}
+    gold = {k: f"def f{k}(x):\n    return {k} + x  # from scratch" for k in range(5)}
+    _write_log(tmp_path, "attempts", [
+        {"id": attempts[k], "item_id": f"toy/{k}", "completion": "", "attempt": f"def f{k}(x): return 0",
+         "error": f"AssertionError: f{k}", "meta": {}} for k in (0, 1, 2, 4)])
+    _write_log(tmp_path, "attempts_rejected", [{"id": attempts[3], "reason": "student passed", "meta": {}}])
+    _write_log(tmp_path, "refinements", [_teacher_row(refine_id(s, attempts[k]), k, refined[k]) for k in (0, 2, 4)])
+    _write_log(tmp_path, "refinements_rejected", [_teacher_row(refine_id(s, attempts[1]), 1, "def f1(x): pass")])
+    _write_log(tmp_path, "direct", [_teacher_row(direct_id(s, pool[k]), k, gold[k]) for k in (0, 1, 3, 4)])
+    _write_log(tmp_path, "direct_rejected", [_teacher_row(direct_id(s, pool[2]), 2, "def f2(x): pass")])
+
+    datasets, costs, _ = persd.build_datasets(task, pool, LoopPaths(tmp_path), s, budget=4)
+    combined = datasets["persd-combined"]
+    # toy/1: refinement failed (no row, no gold though its direct solution passed); toy/2: its gold failed the
+    # checker; toy/3: the student passed it. The gold rows come after all refine rows, in pool order.
+    assert [e["id"] for e in combined] == [
+        stable_id("persd-refine", refine_id(s, attempts[0])), stable_id("persd-refine", refine_id(s, attempts[2])),
+        stable_id("persd-refine", refine_id(s, attempts[4])),
+        stable_id("persd-combined", direct_id(s, pool[0])), stable_id("persd-combined", direct_id(s, pool[4]))]
+    assert combined[:3] == datasets["persd-refine"]
+    for example, k in zip(combined[:3], (0, 2, 4), strict=True):  # task + attempt + error → refinement
+        assert "Rectify the below code" in example["messages"][1]["content"]
+        assert f"AssertionError: f{k}" in example["messages"][1]["content"]
+        assert example["messages"][-1]["content"] == f"```python\n{refined[k]}\n```"
+    for example, k in zip(combined[3:], (0, 4), strict=True):  # task only → the teacher's own solution
+        assert example["messages"][1]["content"] == pool[k].question and example["meta"]["role"] == "gold"
+        assert example["messages"][-1]["content"] == f"```python\n{gold[k]}\n```"
+    assert len({e["meta"]["item_id"] for e in combined[3:]}) == 2  # one gold per refined task, no duplicate
+    # The refinement is the new gold only in PERsD (create_refinement_as_new_gold_data.py): task → refined code.
+    assert [e["messages"][-1]["content"] for e in datasets["persd"]] == [
+        f"```python\n{refined[k]}\n```" for k in (0, 2, 4)]
+    # Cost: the 4 refinement calls (one rejected) + the from-scratch calls of the refined tasks 0, 2 (rejected), 4.
+    assert costs["persd-combined"]["teacher_calls"] == 4 + 3 and costs["persd-refine"]["teacher_calls"] == 4
+    assert not costs["persd-combined"]["equal_budget"] and costs["persd-refine"]["equal_budget"]
+
+
+EQUAL_BUDGET = ("persd", "persd-refine", "stand", "inpd")
+
+
+def test_stand_full_is_selectable_covers_every_pool_task_and_its_cost_is_reported(tmp_path: Path) -> None:
+    from arte_edge.methods.persd import PersdConfig
+
+    assert "stand-full" not in PersdConfig().variants and PersdConfig(variants=["stand-full"]).variants
+    teacher = FakeChat("teacher", teacher_respond)
+    run_toy(tmp_path / "eq", teacher=teacher, variants=("stand",))  # equal budget only: the first B = 5 tasks
+    assert sum("INCORRECT CODE" not in c[0][-1]["content"] for c in teacher.calls) == 5
+    assert not (tmp_path / "eq" / "data" / "variants" / "stand-full").exists()
+
+    teacher = FakeChat("teacher", teacher_respond)
+    totals = run_toy(tmp_path / "full", teacher=teacher, variants=("stand", "stand-full"))
+    direct = [c for c in teacher.calls if "INCORRECT CODE" not in c[0][-1]["content"]]
+    assert sorted(_index(c[0][-1]["content"]) for c in direct) == list(range(N_POOL))  # every task, once
+    rows = dataset(tmp_path / "full", "stand-full")
+    assert [e["meta"]["item_id"] for e in rows] == [f"toy/{k}" for k in range(N_POOL) if k not in BAD_DIRECT]
+    cost = json.loads((tmp_path / "full" / "data" / "variants" / "stand-full" / "cost.json").read_text())
+    assert cost["teacher_calls"] == N_POOL and cost["equal_budget"] is False
+    assert totals["variants"]["stand"]["teacher_calls"] == totals["teacher_budget"] == 5
+    costs = json.loads((tmp_path / "full" / "data" / "persd" / "costs.json").read_text())
+    section = persd.render_section("toy", persd.HeldoutSettings(), {}, costs)
+    assert f"| StanD (full pool) | {N_POOL - 1} | {N_POOL} | no (more calls) |" in section
+    assert "| StanD | 5 | 5 | yes |" in section and "not at equal cost" in section
+
+
+
+
 def test_equal_teacher_budget_across_variants(tmp_path: Path) -> None:
     totals = run_toy(tmp_path / "a")
+    budget, n_kept = totals["teacher_budget"], 4  # refinements of toy/1 2 5 7 pass
     costs = json.loads((tmp_path / "a" / "data" / "persd" / "costs.json").read_text())
-    assert {c["teacher_calls"] for c in costs.values()} == {totals["teacher_budget"]}
+    assert {costs[name]["teacher_calls"] for name in EQUAL_BUDGET} == {budget}
+    assert all(costs[name]["equal_budget"] for name in EQUAL_BUDGET)
+    # Not at equal cost, and said so: combined = B refinements + a from-scratch gold call per refined task;
+    # stand-full = one call per pool task.
+    assert costs["persd-combined"]["teacher_calls"] == budget + n_kept and not costs["persd-combined"]["equal_budget"]
+    assert costs["stand-full"]["teacher_calls"] == N_POOL and not costs["stand-full"]["equal_budget"]
     for name in persd.ALL_VARIANTS:
         cost = json.loads((tmp_path / "a" / "data" / "variants" / name / "cost.json").read_text())
-        assert cost["teacher_calls"] == totals["teacher_budget"] and cost["prompt_tokens"] > 0
+        assert cost["teacher_calls"] == costs[name]["teacher_calls"] and cost["prompt_tokens"] > 0
 
     teacher = FakeChat("teacher", teacher_respond)
     small = run_toy(tmp_path / "b", budget=2, teacher=teacher)
     costs = json.loads((tmp_path / "b" / "data" / "persd" / "costs.json").read_text())
-    assert {c["teacher_calls"] for c in costs.values()} == {2} and small["teacher_budget"] == 2
-    # The student stops once it has found B failures; StanD's and InpD's direct calls on shared items are made once.
+    assert {costs[name]["teacher_calls"] for name in EQUAL_BUDGET} == {2} and small["teacher_budget"] == 2
+    assert costs["stand-full"]["teacher_calls"] == N_POOL and costs["persd-combined"]["teacher_calls"] == 2 + 2
+    # The student stops once it has found B failures; direct calls on items shared by StanD, InpD, stand-full and
+    # PERsD-combined's gold are made once.
     assert small["n_student_attempts"] == 3
-    assert len(teacher.calls) == small["teacher_calls_made"] == 2 + len({"toy/0", "toy/1", "toy/2"})
+    assert len(teacher.calls) == small["teacher_calls_made"] == 2 + N_POOL
 
 
 def test_nl_mode_refine_target_has_feedback_then_code(tmp_path: Path) -> None:
@@ -221,7 +319,7 @@ def test_resume_after_interrupt_has_no_duplicates_and_same_datasets(tmp_path: Pa
     student = FakeChat("student", student_respond)
     run_toy(tmp_path / "killed", teacher=teacher, student=student)
     assert student.calls == []  # every attempt was logged before the kill
-    assert len(teacher.calls) == 5 + 7 - 2  # 5 refinements + 7 direct; the first flushed batch is not redone
+    assert len(teacher.calls) == 5 + 8 - 2  # 5 refinements + 8 direct; the first flushed batch is not redone
     for name in ("persd", *persd.ALL_VARIANTS):
         assert dataset(tmp_path / "killed", name) == dataset(tmp_path / "clean", name)
     for log in ("attempts", "attempts_rejected", "refinements", "refinements_rejected", "direct", "direct_rejected"):
@@ -298,9 +396,13 @@ def test_multi_step_stops_after_two_rounds_and_scores_hidden_tests(tmp_path: Pat
     rows = persd.evaluate_heldout_model(always_wrong, he_task(), [HE_ITEM], tmp_path / "w.jsonl",
                                         persd.HeldoutSettings(rounds=2, n_samples=3))
     refine_calls = [c for c in always_wrong.calls if "Rectify" in c[0][-1]["content"]]
-    assert len(refine_calls) == 2 and rows[0]["multistep_rounds"] == 2 and not rows[0]["multistep_pass"]
-    assert rows[0]["n_samples"] == 3 and rows[0]["n_correct"] == 0
-    assert len({c[1].seed for c in always_wrong.calls if c[1].temperature > 0}) == 3  # n distinct sample seeds
+    greedy_repairs = [c for c in refine_calls if c[1].temperature == 0]
+    assert len(greedy_repairs) == 2 and rows[0]["multistep_rounds"] == 2 and not rows[0]["multistep_pass"]
+    assert len(refine_calls) - len(greedy_repairs) == 3 * 2 == rows[0]["sample_repair_calls"]  # each sample, 2 rounds
+    assert rows[0]["n_samples"] == 3 and rows[0]["n_correct"] == rows[0]["n_correct_multistep"] == 0
+    assert rows[0]["student_calls"] == len(always_wrong.calls) == 1 + 2 + 3 + 6
+    samples = [c for c in always_wrong.calls if c[1].temperature > 0 and "Rectify" not in c[0][-1]["content"]]
+    assert len({c[1].seed for c in samples}) == 3  # n distinct sample seeds
 
     # Passes the visible docstring example but not the hidden test: no repair round, fails on hidden tests.
     overfit = FakeChat("s", lambda m, p: block("def add3(x):\n    return 4"))
@@ -312,6 +414,51 @@ def test_multi_step_stops_after_two_rounds_and_scores_hidden_tests(tmp_path: Pat
     persd.evaluate_heldout_model(overfit, he_task(), [HE_ITEM], tmp_path / "o.jsonl",
                                  persd.HeldoutSettings(rounds=2, n_samples=2))
     assert len(overfit.calls) == calls
+
+
+def test_each_sample_gets_its_own_repair_rounds_and_feeds_multistep_pass_at_1(tmp_path: Path) -> None:
+    repair_base = persd.HeldoutSettings().sample_repair(0).seed
+
+    def respond(messages: Sequence[Message], params: SamplingParams) -> str:
+        repairing = "Rectify the below code" in messages[-1]["content"]
+        if params.temperature == 0:  # greedy answer and its repairs: always wrong
+            return block("def add3(x):\n    return x + 1")
+        if repairing:  # sample 0's repair fixes it; sample 1's stays wrong
+            return block(f"def add3(x):\n    return x + {3 if params.seed == repair_base else 2}")
+        return block({1: "def add3(x):\n    return x + 1", 2: "def add3(x):\n    return x + 1",  # fail visible
+                      3: "def add3(x):\n    return x + 3",  # correct
+                      4: "def add3(x):\n    return 4"}[params.seed])  # passes the visible test, fails the hidden one
+
+    model = FakeChat("s", respond)
+    settings = persd.HeldoutSettings(rounds=2, n_samples=4)
+    row = persd.evaluate_heldout_model(model, he_task(), [HE_ITEM], tmp_path / "r.jsonl", settings)[0]
+    assert row["n_correct"] == 1 and row["n_correct_multistep"] == 2  # sample 0 repaired; sample 3 never repaired
+    assert row["sample_repair_calls"] == 1 + 2  # sample 0: one round; sample 1: two; samples 2 and 3: none
+    assert row["student_calls"] == len(model.calls) == 1 + 2 + 4 + 3
+    summary = persd.summarise_heldout([row])
+    assert summary["pass1_sampled"] == pytest.approx(1 / 4)
+    assert summary["pass1_sampled_multistep"] == pytest.approx(2 / 4)
+    assert summary["student_calls"] == 10 and summary["sample_repair_calls"] == 3
+    no_repair = persd.HeldoutSettings(rounds=0, n_samples=4)
+    row = persd.evaluate_heldout_model(FakeChat("s", respond), he_task(), [HE_ITEM], tmp_path / "n.jsonl",
+                                       no_repair)[0]
+    assert row["n_correct_multistep"] == row["n_correct"] == 1 and row["student_calls"] == 1 + 4
+
+
+def test_each_model_is_compared_with_stand_paired_with_holm() -> None:
+    def rows(flags: str) -> list[dict]:
+        return [{"item_id": f"i{k}", "greedy_pass": f == "1"} for k, f in enumerate(flags)]
+
+    results = {"base": rows("0000000000"), "merged": rows("1111111100"), "variant-stand": rows("1111000000"),
+               "variant-stand-full": rows("1111100000")}
+    comparisons = persd.compare_with_reference(results)
+    assert [c["model"] for c in comparisons] == ["base", "merged", "variant-stand-full"]
+    assert {c["reference"] for c in comparisons} == {"variant-stand"}
+    merged = comparisons[1]
+    assert merged["diff"] == pytest.approx(0.4) and (merged["only_a"], merged["only_b"]) == (4, 0)
+    assert all(c["p_holm"] >= c["p"] for c in comparisons) and "mde" in merged
+    del results["variant-stand"]
+    assert {c["reference"] for c in persd.compare_with_reference(results)} == {"base"}
 
 
 def test_humaneval_canonical_solutions_score_one_and_section_renders(tmp_path: Path) -> None:
@@ -446,8 +593,9 @@ def test_teacher_calls_are_batched_and_give_the_same_datasets(tmp_path: Path) ->
     run_toy(tmp_path / "one")
     teacher = BatchingFakeChat("teacher", teacher_respond, batch_size=3)
     run_toy(tmp_path / "batched", teacher=teacher)
-    # 5 refinements → windows 3 + 2; 7 direct solutions (InpD's 5 failures + StanD's extra 2) → 3 + 3 + 1
-    assert teacher.batches == [3, 2, 3, 3, 1]
+    # 5 refinements → windows 3 + 2; 8 direct solutions (InpD's 5 failures + StanD's extra 2 + stand-full's
+    # last 1; PERsD-combined's gold tasks are among the failures) → 3 + 3 + 2
+    assert teacher.batches == [3, 2, 3, 3, 2]
     for name in ("persd", *persd.ALL_VARIANTS):
         assert dataset(tmp_path / "batched", name) == dataset(tmp_path / "one", name)
 

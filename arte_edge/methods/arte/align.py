@@ -26,7 +26,7 @@ from arte_edge.methods.arte.elicitation import elicit_drafts, elicit_rationales
 from arte_edge.methods.arte.files import StepTimer, write_jsonl
 from arte_edge.methods.arte.fingerprint import retire_stale_steps
 from arte_edge.methods.arte.pairs import question_pairs, rationale_pairs
-from arte_edge.methods.arte.preferences import question_scores, score_rationales
+from arte_edge.methods.arte.preferences import is_cut, question_scores, score_rationales, scoreable
 from arte_edge.methods.arte.prompts import draft_prompt
 from arte_edge.methods.arte.report import write_report_section
 from arte_edge.progress import log
@@ -45,11 +45,12 @@ def ensure_aligned(ctx: RunContext, teacher: ChatModel | None = None) -> dict[st
 
     check_alignment_possible(ctx)
     cfg, recipe = ctx.method_config, ctx.recipe
-    if moved := retire_stale_steps(ctx.run.root / "align", recipe):
-        log(f"align: the recipe changed; moved {', '.join(moved)} to {ctx.run.root / 'align' / 'stale'}, "
-            "redoing them")
+    student = students.student_artifact(ctx)  # the one student file: IRT respondent (step 1) and ŝ_r (step 3)
+    if moved := retire_stale_steps(ctx.run.root / "align", recipe, students.identity(student)):
+        log(f"align: the recipe or the student artifact changed; moved {', '.join(moved)} to "
+            f"{ctx.run.root / 'align' / 'stale'}, redoing them")
     timer = StepTimer(ctx.run.path("align", "timings.json"))
-    dpref, dpref_info = preference_set(ctx, timer)
+    dpref, dpref_info = preference_set(ctx, timer, student)
     own = teacher is None
     teacher = teacher or open_chat_model(recipe.teacher, seed=recipe.seed)
     try:
@@ -67,19 +68,19 @@ def ensure_aligned(ctx: RunContext, teacher: ChatModel | None = None) -> dict[st
         raise ArteError(f"align: the teacher wrote no parseable question draft ({len(drafts)} tried, "
                         f"see {ctx.run.path('align', 'drafts.jsonl')}); use a stronger teacher")
     scores_path = ctx.run.path("align", "scores.jsonl")
-    student_info = json.loads(p.read_text()) if (p := ctx.run.path("align", "student.json")).exists() else None
+    atomic_write_json(ctx.run.path("align", "student.json"), student)
     with timer.step("3_preferences"):
-        if student_info is None or len(read_jsonl(scores_path)) < sum(r["ok"] for r in rationales):
-            scorer, student_info = students.student_scorer(ctx)
-            atomic_write_json(ctx.run.path("align", "student.json"), student_info)
+        if len(read_jsonl(scores_path)) < sum(scoreable(r) for r in rationales):
+            scorer = students.open_student(ctx, student)
             try:
-                scores = score_rationales(scorer, ctx.task, usable, rationales, dpref, scores_path)
+                score_rationales(scorer, ctx.task, usable, rationales, dpref, scores_path)
             finally:
                 scorer.close()
         scores = read_jsonl(scores_path)
     q_scores = question_scores(scores)
-    qp = question_pairs(usable, q_scores, cfg.question_pairs, cfg.quantile, draft_prompt(ctx.task, seeds), recipe.seed)
-    rp = rationale_pairs(ctx.task, usable, rationales, scores, cfg.rationale_pairs, cfg)
+    qp, q_small = question_pairs(usable, q_scores, cfg.question_pairs, cfg.quantile, draft_prompt(ctx.task, seeds),
+                                 recipe.seed, cfg.min_score_gap)
+    rp, r_small = rationale_pairs(ctx.task, usable, rationales, scores, cfg.rationale_pairs, cfg)
     write_jsonl(ctx.run.path("align", "pairs.jsonl"), qp + rp)
     teachers: dict[str, Any] = {}
     if cfg.alignment == "dpo":
@@ -89,14 +90,20 @@ def ensure_aligned(ctx: RunContext, teacher: ChatModel | None = None) -> dict[st
                 teachers[name] = build_aligned_teacher(ctx, name, chosen)
     summary = {
         "alignment": cfg.alignment, "dpref": {k: v for k, v in dpref_info.items() if k != "items"},
-        "student": student_info, "n_drafts_tried": len(drafts), "n_drafts_usable": len(usable),
+        "student": {**student, "irt_respondent": bool(dpref_info.get("student", {}).get("respondents"))},
+        "n_drafts_tried": len(drafts), "n_drafts_usable": len(usable),
         "n_drafts_unparseable": len(drafts) - len(usable), "n_rationales": len(rationales),
         "n_rationales_unparseable": sum(not r["ok"] for r in rationales),
-        "n_rationales_cut": sum(not r["ok"] and r.get("finish_reason") == "length" for r in rationales),
+        "n_rationales_cut": sum(is_cut(r) for r in rationales),
+        "n_rationales_scored": sum(scoreable(r) for r in rationales),
+        "n_rationales_scored_without_answer": sum(scoreable(r) and not r["ok"] for r in rationales),
         "n_rationales_agreeing_with_key": sum(r["agrees_with_key"] for r in rationales),
         "mean_rationale_score": round(sum(s["score"] for s in scores) / max(1, len(scores)), 4),
         "question_score_range": [min(q_scores.values(), default=0), max(q_scores.values(), default=0)],
-        "n_question_pairs": len(qp), "n_rationale_pairs": len(rp),
+        "n_question_pairs": len(qp), "n_rationale_pairs": len(rp), "min_score_gap": cfg.min_score_gap,
+        "n_question_pairs_small_gap": q_small, "n_rationale_pairs_small_gap": r_small,
+        "n_rationale_pairs_cut_rejected": sum(p["rejected_cut"] for p in rp),
+        "n_rationale_pairs_cut_chosen": sum(p["chosen_cut"] for p in rp),
         "teacher_calls": sum(d["teacher_calls"] for d in drafts) + sum(r["teacher_calls"] for r in rationales),
         "teacher_prompt_tokens": sum(d["prompt_tokens"] for d in drafts) + sum(r["prompt_tokens"] for r in rationales),
         "teacher_completion_tokens": sum(d["completion_tokens"] for d in drafts)

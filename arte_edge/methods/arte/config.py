@@ -78,7 +78,9 @@ class ArteConfig(Section):
         "discriminating questions; random: a seeded random sample (no scoring cost).")
     irt_scorers: list[str] | None = Field(
         None, description="Models (bundled names or .gguf paths) that answer the candidates for the IRT fit; "
-        "each model × shot count is one respondent. Default: the student and the teacher (when local).")
+        "each model × shot count is one respondent. Default: the student and the teacher (when local). The student "
+        "(its recipe name) answers as the same artifact that scores the rationales (preference_student, "
+        "student_gguf, student_quant), so D_pref is picked by the student whose preferences it measures.")
     irt_shots: list[int] = Field([0, 1, 2, 3], description="Shot counts per scorer model (paper: 0-3-shot); "
                                  "demonstrations are the seed items.")
     irt_prior_sd: float = Field(1.0, gt=0, description="Std of the weak Gaussian priors on abilities θ and "
@@ -94,13 +96,14 @@ class ArteConfig(Section):
     max_tokens: int = Field(256, ge=16, description="Max new tokens per teacher draft or rationale.")
     # -- step 3: preference collection ----------------------------------------------------------------
     preference_student: Literal["gguf", "fp32"] = Field(
-        "gguf", description="Which student answers D_pref: gguf = the quantized file the device runs "
-        "(student_gguf, default the student's own GGUF), fp32 = the trainable HF student.")
-    student_gguf: str | None = Field(None, description="GGUF that answers D_pref when preference_student is gguf "
-                                     "(default: arte_edge.models.gguf_path(student.model)).")
+        "gguf", description="Which student answers, as the IRT respondent (step 1) and for the rationale scores "
+        "(step 3), one artifact for both: gguf = the quantized file the device runs (student_gguf, default the "
+        "student's own GGUF), fp32 = the trainable HF student.")
+    student_gguf: str | None = Field(None, description="GGUF the student answers as when preference_student is "
+                                     "gguf (default: arte_edge.models.gguf_path(student.model)).")
     student_quant: str | None = Field(None, description="Re-quantize the student to this GGUF type (e.g. q8_0, "
-                                      "the type the recipe ships) before it answers D_pref: exported from the "
-                                      "student's HF folder, verified, kept in align/student/. None: the "
+                                      "the type the recipe ships) before it answers (IRT and scores): exported "
+                                      "from the student's HF folder, verified, kept in align/student/. None: the "
                                       "student's own GGUF as it is. Ignored when student_gguf is set.")
     student_max_tokens: int = Field(160, ge=8, description="Max new tokens per student answer (stops at the "
                                     "answer line).")
@@ -115,6 +118,12 @@ class ArteConfig(Section):
     rationale_pairs: int = Field(250, ge=0, description="Rationale-level DPO pairs (paper: 250 per task).")
     quantile: float = Field(0.25, gt=0.0, le=0.5, description="Question pairs: chosen from the top, rejected "
                             "from the bottom quantile by question score (paper: 25%).")
+    min_score_gap: float = Field(
+        0.15, ge=0.0, le=1.0, description="Smallest score difference, as a fraction of the D_pref questions, "
+        "between the chosen and the rejected side of a question or rationale pair; closer candidates form no pair "
+        "and are counted in the summary. One question's difference is one greedy answer flipping, not a "
+        "preference: 0.15 needs 2 questions on a D_pref of 10 (the recipes'), 3 of 20, 6 of the paper's 40. "
+        "0: any difference forms a pair (the paper, which sets no minimum).")
     rationale_prompt: str = Field("Let's think step by step.", description="Appended to the question in the "
                                   "plain rationale prompt (DPO prompt and regeneration prompt).")
     dpo: DpoConfig = Field(DpoConfig(), description="The DPO run (arte.dpo.lr, arte.dpo.epochs, ...; see "

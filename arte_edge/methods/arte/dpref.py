@@ -1,6 +1,7 @@
 """ARTE step 1: the preference set D_pref.
 
-The scorer models answer the ``splits.preference`` questions with 0–3 seed shots; a 2PL IRT model
+The scorer models answer the ``splits.preference`` questions with 0–3 seed shots (the student as the one artifact
+that also scores ŝ_r, :func:`~arte_edge.methods.arte.students.student_artifact`); a 2PL IRT model
 (discrimination α, difficulty β per question, ability θ per (model, shots) respondent) is fitted by maximum a
 posteriori with scipy, and the ``arte.preference_size`` most discriminating questions are kept
 (``preference_selection: random``: a seeded sample instead). Cached in ``align/dpref.json``.
@@ -84,11 +85,20 @@ def rank_by_discrimination(responses: np.ndarray, alpha: np.ndarray) -> list[int
 
 def collect_irt_responses(task: Task, candidates: Sequence[Item], seeds: Sequence[Item],
                           scorers: dict[str, Callable[[], DemoScorer]], shots: Sequence[int],
-                          path: Path) -> list[dict[str, Any]]:
-    """Each scorer model answers every candidate with k seed shots, for k in ``shots``; durable per respondent."""
+                          path: Path, keys: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Each scorer model answers every candidate with k seed shots, for k in ``shots``; durable per respondent.
+
+    ``keys`` (name → artifact content key) enter the row ids, so rows answered by another file of the same name
+    are not reused.
+    """
+    keys = keys or {}
     done, out = durable_map(path)
+
+    def row_id(name: str, k: int) -> str:
+        return stable_id("irt", name, k, [c.id for c in candidates], *([keys[name]] if name in keys else []))
+
     for name, open_scorer in scorers.items():
-        todo = [k for k in shots if stable_id("irt", name, k, [c.id for c in candidates]) not in done]
+        todo = [k for k in shots if row_id(name, k) not in done]
         if not todo:
             continue
         scorer = open_scorer()
@@ -96,14 +106,14 @@ def collect_irt_responses(task: Task, candidates: Sequence[Item], seeds: Sequenc
             for k in todo:
                 prefix = shot_prefix(task, [(task.user_prompt(s), demo_answer(task, s)) for s in seeds[:k]])
                 texts = scorer.answer(prefix, [task.user_prompt(c) for c in candidates])
-                row = {"id": stable_id("irt", name, k, [c.id for c in candidates]), "model": name, "shots": k,
+                row = {"id": row_id(name, k), "model": name, "shots": k,
                        "correct": {c.id: task.check(c, t).correct for c, t in zip(candidates, texts, strict=True)}}
                 out.write_batch([row])
                 done[row["id"]] = row
                 log(f"align: IRT respondent {name} {k}-shot: {sum(row['correct'].values())}/{len(candidates)}")
         finally:
             scorer.close()
-    return [done[stable_id("irt", n, k, [c.id for c in candidates])] for n in scorers for k in shots]
+    return [done[row_id(n, k)] for n in scorers for k in shots]
 
 
 def select_preference_set(candidates: Sequence[Item], rows: Sequence[dict[str, Any]], size: int,
@@ -130,8 +140,9 @@ def random_preference_set(candidates: Sequence[Item], size: int, seed: int) -> d
     return {"method": "random", "selected": chosen, "n_candidates": len(candidates)}
 
 
-def preference_set(ctx: RunContext, timer: StepTimer) -> tuple[list[Item], dict[str, Any]]:
-    """Step 1, cached in ``align/dpref.json``."""
+def preference_set(ctx: RunContext, timer: StepTimer, student: dict[str, Any]) -> tuple[list[Item], dict[str, Any]]:
+    """Step 1, cached in ``align/dpref.json``; ``student`` is the artifact record of
+    :func:`~arte_edge.methods.arte.students.student_artifact` (the student's IRT respondent answers as it)."""
     cfg = ctx.method_config
     path = ctx.run.path("align", "dpref.json")
     candidates, seeds = ctx.split("preference"), ctx.split("seeds")
@@ -144,9 +155,12 @@ def preference_set(ctx: RunContext, timer: StepTimer) -> tuple[list[Item], dict[
                 info = random_preference_set(candidates, cfg.preference_size, ctx.recipe.seed)
             else:
                 shots = [k for k in cfg.irt_shots if k <= len(seeds)]
-                rows = collect_irt_responses(ctx.task, candidates, seeds, students.irt_scorers(ctx), shots,
-                                             ctx.run.path("align", "irt_responses.jsonl"))
+                scorers = students.irt_scorers(ctx, student)
+                keys = {n: students.artifact_key(student) for n in scorers if students.is_student(ctx, n, student)}
+                rows = collect_irt_responses(ctx.task, candidates, seeds, scorers, shots,
+                                             ctx.run.path("align", "irt_responses.jsonl"), keys)
                 info = select_preference_set(candidates, rows, cfg.preference_size, cfg.irt_prior_sd)
+                info["student"] = {"respondents": list(keys), **student}
         atomic_write_json(path, info)
     info = json.loads(path.read_text())
     by_id = {c.id: c for c in candidates}

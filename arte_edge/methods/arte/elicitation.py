@@ -64,7 +64,8 @@ def _draft_id(tag: str, index: int, cfg: ArteConfig, seed: int) -> str:
 
 def elicit_rationales(teacher: ChatModel, task: Task, drafts: Sequence[dict[str, Any]], cfg: ArteConfig,
                       seed: int, path: Path) -> list[dict[str, Any]]:
-    """One rationale per (draft, style); an answer line that cannot be parsed makes the rationale unusable."""
+    """One rationale per (draft, style). Without a parseable answer line (e.g. cut at ``max_tokens``) a rationale is
+    not ``ok``: it cannot become training data, but the student still scores it (step 3)."""
     done, out = durable_map(path)
     jobs = [(d, s, style) for d in drafts if d["ok"] for s, style in enumerate(cfg.styles)]
     with progress("align: eliciting rationales", len(jobs)) as advance:
@@ -89,7 +90,7 @@ def _rationale_row(task: Task, draft: dict[str, Any], style: int, c: Completion,
                    seed: int) -> dict[str, Any]:
     answer = task.extract_answer(c.text) if c.ok else None
     return {"id": _rationale_id(draft, style, cfg, seed), "draft_id": draft["id"], "style": style, "text": c.text,
-            "ok": answer is not None, "answer": answer, "finish_reason": c.finish_reason,
+            "ok": answer is not None, "answer": answer, "finish_reason": c.finish_reason, "error": c.error,
             "agrees_with_key": answer is not None and
             task.check(Item(id="", question="", answer=draft["key"]), c.text).correct,
             "target": task.target(rationale_of(c.text), answer) if answer is not None else None, **completion_cost(c)}

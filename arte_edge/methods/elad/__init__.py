@@ -7,7 +7,9 @@ student on everything kept so far, evaluate it on the held-out split, and append
 
 - ``elad``: EGSS selection (intra- and inter-explanation uncertainty, weight λ) + CLEAR revision;
 - ``random`` / ``answer_entropy``: that selection + CLEAR revision;
-- ``teacher_explain``: EGSS selection, the teacher writes its own explanation (no revision).
+- ``teacher_explain``: EGSS selection, the teacher writes its own explanation (no revision);
+- ``standard``: random selection, the teacher writes its own explanation: standard distillation at the same
+  budget, the reference arm of the report's paired tests.
 
 The pool is unlabelled for selection. Revisions are validated by the task's checker against the gold answer
 when the task has one (``checker: gold``), else by agreement with the teacher's own majority answer

@@ -12,7 +12,7 @@ from arte_edge.config import Section
 from arte_edge.formats import check_gguf_type
 
 Selection = Literal["egss", "random", "answer_entropy"]
-Baseline = Literal["random", "answer_entropy", "teacher_explain"]
+Baseline = Literal["standard", "random", "answer_entropy", "teacher_explain"]
 
 
 class EladConfig(Section):
@@ -72,9 +72,11 @@ class EladConfig(Section):
 
     # -- baselines and stopping --------------------------------------------------------------------
     baselines: list[Baseline] = Field(
-        default_factory=lambda: ["random", "answer_entropy", "teacher_explain"],
-        description="Baselines run at the same budget: random (+CLEAR), answer_entropy (+CLEAR), teacher_explain "
-        "(EGSS selection, the teacher writes its own explanation: no revision).")
+        default_factory=lambda: ["standard", "random", "answer_entropy", "teacher_explain"],
+        description="Baselines run at the same budget: standard (random questions, the teacher writes its own "
+        "explanation: standard distillation, the arm every strategy is compared with), random (+CLEAR), "
+        "answer_entropy (+CLEAR), teacher_explain (EGSS selection, the teacher writes its own explanation: no "
+        "revision).")
     stop_metric: Literal["validation", "eval", "none"] = Field(
         "validation", description="Accuracy the stopping rule watches: validation (the `preference` split, "
         "which must then be non-empty), eval (held-out: biases the final number), or none (run all rounds).")

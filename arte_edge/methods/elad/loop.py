@@ -32,8 +32,10 @@ class Strategy:
     annotation: str  # clear | teacher_own
 
 
-BASELINES = {"random": ("random", "clear"), "answer_entropy": ("answer_entropy", "clear"),
-             "teacher_explain": ("egss", "teacher_own")}
+# ``standard``: random questions, the teacher writes its own explanation: standard distillation at the same budget
+# (the reference every strategy is compared against in the report).
+BASELINES = {"standard": ("random", "teacher_own"), "random": ("random", "clear"),
+             "answer_entropy": ("answer_entropy", "clear"), "teacher_explain": ("egss", "teacher_own")}
 
 
 def strategies_for(cfg: EladConfig) -> list[Strategy]:

@@ -19,6 +19,7 @@ class EladMethod(Method):
     summary = ("active distillation under a teacher-call budget: EGSS selects, the teacher revises the student's "
                "steps (CLEAR); baselines at the same budget")
     config_model = EladConfig
+    standard_arm = "standard"  # random questions + the teacher's own explanation at the same budget
 
     def check_recipe(self, recipe: Recipe) -> list[str]:
         """The validation stop rule needs a validation split (no silent fall-back to the held-out items)."""

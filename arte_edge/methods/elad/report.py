@@ -49,31 +49,38 @@ def plot_curve(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def paired_final(root: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each baseline's last point vs ELAD's on the same held-out items (exact McNemar)."""
-    from arte_edge.stats import mcnemar_p
+    """Each strategy's last point against the reference arm's on the same held-out items: the standard-distillation
+    arm (``standard``) when the run has it, else ELAD's. Paired bootstrap 95% interval of the difference, exact
+    McNemar with Holm's correction over the family, and the minimum detectable difference (80% power)."""
+    from arte_edge.stats import holm, paired_comparison
 
     last = {}
     for r in rows:
         if r["strategy"] != "base":
             last[r["strategy"]] = r
-    if "elad" not in last:
+    reference = "standard" if "standard" in last else "elad"
+    if reference not in last:
         return []
 
     def flags(row: dict[str, Any]) -> dict[str, bool]:
         return {x["item_id"]: bool(x["correct"]) for x in read_jsonl(root / row["eval_file"])}
 
-    ref = flags(last["elad"])
+    ref = flags(last[reference])
     out = []
     for name, row in last.items():
-        if name == "elad":
+        if name == reference:
             continue
         other = flags(row)
         common = [i for i in ref if i in other]
         if not common:
             continue
-        out.append({"strategy": name, "n": len(common), "elad_accuracy": sum(ref[i] for i in common) / len(common),
+        cmp = paired_comparison([other[i] for i in common], [ref[i] for i in common])
+        out.append({"strategy": name, "reference": reference, "n": len(common),
                     "accuracy": sum(other[i] for i in common) / len(common),
-                    "mcnemar_p": round(mcnemar_p([ref[i] for i in common], [other[i] for i in common]), 4)})
+                    "reference_accuracy": sum(ref[i] for i in common) / len(common), **cmp,
+                    "mcnemar_p": round(cmp["p"], 4)})
+    for entry, adjusted in zip(out, holm([e["p"] for e in out]), strict=True):
+        entry["p_holm"] = round(adjusted, 4)
     return out
 
 
@@ -100,10 +107,18 @@ def render_section(info: dict[str, Any]) -> str:
     lines += ["", "### Stopping decisions", ""]
     lines += [f"- **{name}**: after round {s['round']}: {s['reason']}" for name, s in info["stops"].items()]
     if info["paired"]:
-        lines += ["", "### Last point vs ELAD on the same held-out items", "",
-                  "| strategy | n | accuracy % | ELAD accuracy % | McNemar p |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {p['strategy']} | {p['n']} | {_pct(p['accuracy'])} | {_pct(p['elad_accuracy'])} | "
-                  f"{p['mcnemar_p']} |" for p in info["paired"]]
+        ref = info["paired"][0]["reference"]
+        lines += ["", f"### Last points vs `{ref}` on the same held-out items (paired)", "",
+                  f"| strategy | n | accuracy % | {ref} accuracy % | difference, pt [95% CI] | McNemar p | "
+                  "p (Holm) | detectable difference, pt |", "|---|---:|---:|---:|---|---:|---:|---:|"]
+        lines += [f"| {p['strategy']} | {p['n']} | {_pct(p['accuracy'])} | {_pct(p['reference_accuracy'])} | "
+                  f"{100 * p['diff']:+.1f} [{100 * p['diff_low']:+.1f}, {100 * p['diff_high']:+.1f}] | "
+                  f"{p['mcnemar_p']} | {p['p_holm']} | "
+                  f"{_pct(p['mde'])} |"
+                  for p in info["paired"]]
+        lines += ["", "*difference*: strategy minus the reference, paired bootstrap; *p (Holm)*: exact McNemar "
+                  "adjusted over the strategies; *detectable difference*: the smallest difference this n and "
+                  "discordance could detect with 80% power (two-sided α = 0.05)."]
     lines += ["", f"![ELAD learning curve]({info['plot_rel_md']})", ""]
     return "\n".join(lines)
 

@@ -17,8 +17,9 @@ from pydantic import Field, field_validator
 from arte_edge.config import Section
 from arte_edge.formats import check_gguf_type
 
-VARIANT_NAMES = ("persd-refine", "persd-combined", "stand", "inpd")
-Variant = Literal["persd-refine", "persd-combined", "stand", "inpd"]
+VARIANT_NAMES = ("persd-refine", "persd-combined", "stand", "inpd", "stand-full")
+DEFAULT_VARIANTS = ("persd-refine", "persd-combined", "stand", "inpd")
+Variant = Literal["persd-refine", "persd-combined", "stand", "inpd", "stand-full"]
 
 
 class PersdConfig(Section):
@@ -39,12 +40,14 @@ class PersdConfig(Section):
                                  "teacher and to the student (per failing test).")
     error_tests: int = Field(1, ge=1, le=10, description="How many failing tests' errors go into the prompt.")
     variants: list[Variant] = Field(
-        default_factory=lambda: list(VARIANT_NAMES), description="Datasets written beside the main PERsD one "
-        "(data/variants/<name>/): persd-refine (task+attempt+error → fix), persd-combined (both), stand (teacher "
-        "solves every task), inpd (teacher solves the student's failed tasks only).")
+        default_factory=lambda: list(DEFAULT_VARIANTS), description="Datasets written beside the main PERsD one "
+        "(data/variants/<name>/): persd-refine (task+attempt+error → fix), persd-combined (the refine examples + "
+        "the teacher's from-scratch solution of each refined task, as the authors' scripts build it), stand "
+        "(teacher solves the first B pool tasks: equal budget), inpd (teacher solves the student's failed tasks), "
+        "stand-full (teacher solves every pool task: standard distillation on the whole set, not at equal cost).")
     teacher_budget: int | None = Field(
-        None, ge=1, description="Teacher calls each variant may spend (equal budget). None: as many as the "
-        "student failures found in the pool; StanD then gets the first that many pool tasks.")
+        None, ge=1, description="Teacher calls each equal-budget arm may spend. None: as many as the student "
+        "failures found in the pool; StanD then gets the first that many pool tasks (stand-full: all of them).")
     multi_step_rounds: int = Field(2, ge=0, le=5, description="Self-repair rounds at evaluation: run the code on "
                                    "the visible tests, on failure prompt again with the error (paper: 2).")
     eval_task: str = Field("humaneval", description="Held-out code task for pass@1 (built-in or user task).")

@@ -1,11 +1,18 @@
-"""The datasets, rebuilt from the loop's logs only (atomically, so reruns are idempotent), all at the same teacher
-budget B (in calls):
+"""The datasets, rebuilt from the loop's logs only (atomically, so reruns are idempotent). B is the teacher budget
+(in calls); the first four arms spend exactly B calls, the last two more (their cost says so):
 
-- ``persd`` (main, data/examples.jsonl): task → refined code;
+- ``persd`` (main, data/examples.jsonl): task → refined code (the refinement is the task's new gold);
 - ``persd-refine``: task + student code + error → refined code (the multi-step inference prompt);
-- ``persd-combined``: both (shares persd's teacher calls);
-- ``stand``: the teacher solves the first B pool tasks from scratch (standard distillation);
-- ``inpd``: the teacher solves from scratch the B tasks the student failed (input-personalised only).
+- ``stand``: the teacher solves the first B pool tasks from scratch (standard distillation, equal budget);
+- ``inpd``: the teacher solves from scratch the B tasks the student failed (input-personalised only);
+- ``persd-combined``: every persd-refine example, then, for each task whose refinement passed, that task's gold
+  example: task → the teacher's own from-scratch solution (the StanD-style example), when it passed the checker.
+  This is how the authors build it (SalesforceAIResearch/PersDistill, ``code/create_chatgpt_only_refinement_data.py``:
+  the refinement file + the gold file's row of each refined ``task_id``, one per task, no duplicates; the refined
+  code becomes the new gold only in PERsD, ``code/create_refinement_as_new_gold_data.py``). Cost: the B refinement
+  calls + one from-scratch call per refined task (shared with InpD's when both are selected);
+- ``stand-full``: the teacher solves every pool task from scratch, passing solutions kept (standard distillation
+  on the whole task set, the paper's StanD; not at equal cost).
 """
 
 from __future__ import annotations
@@ -60,9 +67,10 @@ def _accepted_judgement(record: dict[str, Any]) -> Judgement:
 
 
 def build_datasets(task: Task, pool: Sequence[Item], paths: LoopPaths, s: LoopSettings,
-                   budget: int) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, int]],
+                   budget: int) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]],
                                          list[dict[str, Any]]]:
-    """Every variant's examples and teacher cost, derived from the logs only (so reruns are idempotent)."""
+    """Every variant's examples and teacher cost (calls, tokens, ``equal_budget``: whether the arm spent exactly the
+    B calls of the paired comparison), derived from the logs only (so reruns are idempotent)."""
     by_item = {item.id: item for item in pool}
     attempt_ids = {attempt_id(s, item) for item in pool}
     failures = [r for r in read_jsonl(paths.log("attempts")) if r["id"] in attempt_ids]
@@ -71,7 +79,7 @@ def build_datasets(task: Task, pool: Sequence[Item], paths: LoopPaths, s: LoopSe
     ok_ref = _by_id(read_jsonl(paths.log("refinements")))
     bad_ref = _by_id(read_jsonl(paths.log("refinements_rejected")))
     ok_dir, bad_dir = _by_id(read_jsonl(paths.log("direct"))), _by_id(read_jsonl(paths.log("direct_rejected")))
-    persd, refine, ref_records = [], [], []
+    persd, refine, ref_records, refined_items = [], [], [], []
     for attempt in targets:
         rid = refine_id(s, attempt["id"])
         record = ok_ref.get(rid) or bad_ref.get(rid)
@@ -81,6 +89,7 @@ def build_datasets(task: Task, pool: Sequence[Item], paths: LoopPaths, s: LoopSe
         if rid not in ok_ref:
             continue
         item, verdict = by_item[attempt["item_id"]], _accepted_judgement(record)
+        refined_items.append(item)
         meta = {"method": "persd", "source": rid, "refine_mode": s.refine_mode}
         persd.append(training_example(task, item, target_of(task, verdict, record["completion"], with_feedback=False),
                                       stable_id(MAIN, rid), meta))
@@ -89,18 +98,24 @@ def build_datasets(task: Task, pool: Sequence[Item], paths: LoopPaths, s: LoopSe
                                                                with_feedback=s.refine_mode == "nl")}]
         refine.append({"id": stable_id("persd-refine", rid), "messages": messages,
                        "meta": {"item_id": item.id, "method": "persd-refine", "source": rid}})
-    datasets = {MAIN: persd, "persd-refine": refine, "persd-combined": persd + refine}
-    costs = {name: _cost(ref_records) for name in datasets}
-    groups = {"inpd": [by_item[a["item_id"]] for a in targets], "stand": list(pool[:budget])}
+    datasets = {MAIN: persd, "persd-refine": refine}
+    costs = {name: {**_cost(ref_records), "equal_budget": True} for name in datasets}
+    groups = {"inpd": [by_item[a["item_id"]] for a in targets], "stand": list(pool[:budget]),
+              "stand-full": list(pool), "persd-combined": refined_items}
     for name, items in groups.items():
         records = [ok_dir.get(direct_id(s, i)) or bad_dir.get(direct_id(s, i)) for i in items]
         records = [r for r in records if r is not None]
-        costs[name] = _cost(records)
+        costs[name] = {**_cost(records), "equal_budget": name in ("stand", "inpd")}
+        role = {"role": "gold"} if name == "persd-combined" else {}
         datasets[name] = [
             training_example(task, by_item[r["item_id"]],
                              target_of(task, _accepted_judgement(r), r["completion"], with_feedback=False),
-                             stable_id(name, r["id"]), {"method": name, "source": r["id"]})
+                             stable_id(name, r["id"]), {"method": name, "source": r["id"], **role})
             for r in records if r["id"] in ok_dir]
+    datasets["persd-combined"] = refine + datasets["persd-combined"]  # refine examples, then the refined tasks' gold
+    gold_cost = costs["persd-combined"]
+    costs["persd-combined"] = {**{k: costs["persd-refine"][k] + gold_cost[k] for k in _cost([])},
+                               "equal_budget": False}
     rejected = [r for r in [*bad_ref.values(), *bad_dir.values()]]
     return datasets, costs, rejected
 

@@ -9,6 +9,10 @@ estimate_pass_at_k`` (tested equal to it).
 Multi-step inference (paper §4.4): the student's code runs on the tests it may see (HumanEval: the examples of the
 docstring turned into asserts; MBPP/user tasks: the first test); on failure the student is prompted again with the
 refine template and the error, up to ``multi_step_rounds`` times; the final code is scored on the hidden tests.
+This runs on the greedy answer (greedy repair rounds) and, when ``pass_k_samples`` > 0, on each of the n samples
+(repair rounds sampled at the samples' temperature, as the authors' ``code/generate_code_for_humaneval.py --refine``
+does), so unbiased pass@1 is reported with and without multi-step repair. Every student call is counted per item
+(``student_calls``: 1 greedy + its repair rounds + n samples + their repair rounds).
 Answer-checked tasks have no visible tests, so their multi-step score equals the single-step one.
 
 Per-item rows are cached in a JSONL file per model (resumable; rows made with other settings are ignored).
@@ -123,6 +127,8 @@ class HeldoutSettings:
         keys = asdict(self)
         if keys["quant"] is None:  # rows cached before the key existed stay valid
             del keys["quant"]
+        if self.n_samples and self.rounds:  # rows cached before samples were repaired lack their multi-step counts
+            keys["sample_repair"] = 1
         return stable_id("persd/heldout", keys)
 
     def greedy(self, stop_regex: str | None = None) -> SamplingParams:
@@ -133,6 +139,11 @@ class HeldoutSettings:
         """Sampling for the ``index``-th of the n samples (its own seed)."""
         return SamplingParams(max_tokens=self.max_tokens, temperature=self.sample_temperature, top_p=self.top_p,
                               seed=self.seed * 1_000_003 + index + 1, stop_regex=stop_regex)
+
+    def sample_repair(self, index: int, stop_regex: str | None = None) -> SamplingParams:
+        """Sampling for the repair rounds of the ``index``-th sample (the samples' temperature, its own seed)."""
+        return SamplingParams(max_tokens=self.max_tokens, temperature=self.sample_temperature, top_p=self.top_p,
+                              seed=self.seed * 1_000_003 + 500_009 + index, stop_regex=stop_regex)
 
 
 def judge_many(task: Task, jobs: Sequence[tuple[Item, str, Sequence[str] | None]],
@@ -149,11 +160,12 @@ def judge_many(task: Task, jobs: Sequence[tuple[Item, str, Sequence[str] | None]
         return list(pool.map(one, jobs))
 
 
-def multi_step(model: ChatModel, task: Task, items: Sequence[Item], texts: Sequence[str],
-               s: HeldoutSettings) -> tuple[list[str], list[int]]:
+def multi_step(model: ChatModel, task: Task, items: Sequence[Item], texts: Sequence[str], s: HeldoutSettings,
+               params: SamplingParams | None = None) -> tuple[list[str], list[int]]:
     """Repair each completion on its visible tests for up to ``s.rounds`` rounds; returns final texts and rounds.
 
-    A completion stops as soon as it passes its visible tests (or has none); each round is one greedy call.
+    A completion stops as soon as it passes its visible tests (or has none); each round is one student call per
+    completion still failing, with ``params`` (default: greedy), so the calls made are ``sum(rounds)``.
     """
     current, rounds = list(texts), [0] * len(texts)
     visible = [visible_tests(item) if task.kind == "code" else [] for item in items]
@@ -168,7 +180,7 @@ def multi_step(model: ChatModel, task: Task, items: Sequence[Item], texts: Seque
         conversations = [refine_inference_messages(task, items[i], shown_attempt(v, current[i]), v.error)
                          for i, v in failing]
         stop = stop_regex_for(task)
-        completions = model.chat_batch(conversations, s.greedy(stop))
+        completions = model.chat_batch(conversations, params or s.greedy(stop))
         for (i, _), completion in zip(failing, completions, strict=True):
             current[i] = truncate_at_stop(completion.text, stop)
             rounds[i] += 1
@@ -185,22 +197,35 @@ def _score_batch(model: ChatModel, task: Task, batch: Sequence[Item], s: Heldout
     jobs = [(item, text, None) for item, text in zip(batch, greedy_texts, strict=True)]
     jobs += [(item, text, None) for item, text in zip(batch, final_texts, strict=True)]
     samples: list[list[str]] = [[] for _ in batch]
+    repaired: list[list[str]] = [[] for _ in batch]
+    sample_rounds: list[list[int]] = [[] for _ in batch]
     for index in range(s.n_samples):
-        for j, completion in enumerate(model.chat_batch(conversations, s.sample(index, stop))):
-            samples[j].append(truncate_at_stop(completion.text, stop))
+        drawn = [truncate_at_stop(c.text, stop) for c in model.chat_batch(conversations, s.sample(index, stop))]
+        fixed, fix_rounds = multi_step(model, task, batch, drawn, s, s.sample_repair(index, stop))
+        for j in range(len(batch)):
+            samples[j].append(drawn[j])
+            repaired[j].append(fixed[j])
+            sample_rounds[j].append(fix_rounds[j])
     jobs += [(item, text, None) for item, texts in zip(batch, samples, strict=True) for text in texts]
+    changed = [(j, k) for j in range(len(batch)) for k in range(s.n_samples) if sample_rounds[j][k]]
+    jobs += [(batch[j], repaired[j][k], None) for j, k in changed]  # unrepaired samples keep their own verdict
     verdicts = judge_many(task, jobs, s)
     n = len(batch)
+    after = dict(zip(changed, verdicts[2 * n + n * s.n_samples:], strict=True))
     rows = []
     for j, item in enumerate(batch):
         first, final = verdicts[j], verdicts[n + j]
         sampled = verdicts[2 * n + j * s.n_samples: 2 * n + (j + 1) * s.n_samples]
+        sample_final = [after.get((j, k), v) for k, v in enumerate(sampled)]
+        repair_calls = sum(sample_rounds[j])
         rows.append({
             "item_id": item.id, "settings": s.fingerprint, "greedy_pass": first.passed, "greedy_error": first.error,
             "greedy_completion": greedy_texts[j][:4000], "completion_tokens": greedy[j].completion_tokens,
             "multistep_pass": final.passed, "multistep_rounds": rounds[j], "multistep_error": final.error,
             "multistep_completion": final_texts[j][:4000] if rounds[j] else "",
             "n_samples": s.n_samples, "n_correct": sum(v.passed for v in sampled),
+            "n_correct_multistep": sum(v.passed for v in sample_final), "sample_repair_calls": repair_calls,
+            "student_calls": 1 + rounds[j] + s.n_samples + repair_calls,
         })
     return rows
 
@@ -230,20 +255,29 @@ def evaluate_heldout_model(model: ChatModel, task: Task, items: Sequence[Item], 
 
 
 def summarise_heldout(rows: list[dict[str, Any]], base: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """pass@1 greedy (with 95% Wilson interval), greedy + multi-step, and unbiased pass@1 from n samples."""
+    """pass@1 greedy (with 95% Wilson interval), greedy + multi-step, unbiased pass@1 from n samples without and with
+    multi-step repair of each sample, and the student calls spent."""
     from arte_edge.stats import mcnemar_p, wilson_interval
 
     n = len(rows)
     greedy = [bool(r["greedy_pass"]) for r in rows]
     low, high = wilson_interval(sum(greedy), n) if n else (0.0, 0.0)
     n_samples = rows[0]["n_samples"] if rows else 0
-    sampled = (sum(estimate_pass_at_k([r["n_samples"] for r in rows], [r["n_correct"] for r in rows], 1)) / n
-               if n and n_samples else None)
+    counts = [r["n_samples"] for r in rows]
+
+    def sampled_pass1(key: str) -> float | None:
+        if not (n and n_samples) or any(key not in r for r in rows):
+            return None
+        return sum(estimate_pass_at_k(counts, [r[key] for r in rows], 1)) / n
+
     out: dict[str, Any] = {
         "n_items": n, "pass1_greedy": sum(greedy) / n if n else 0.0, "ci_low": low, "ci_high": high,
         "pass1_multistep": sum(bool(r["multistep_pass"]) for r in rows) / n if n else 0.0,
         "mean_multistep_rounds": sum(r["multistep_rounds"] for r in rows) / n if n else 0.0,
-        "pass1_sampled": sampled, "n_samples": n_samples,
+        "pass1_sampled": sampled_pass1("n_correct"), "pass1_sampled_multistep": sampled_pass1("n_correct_multistep"),
+        "n_samples": n_samples,
+        "student_calls": sum(r.get("student_calls", 1 + r["multistep_rounds"] + r["n_samples"]) for r in rows),
+        "sample_repair_calls": sum(r.get("sample_repair_calls", 0) for r in rows),
     }
     if base and len(base) == n and [r["item_id"] for r in base] == [r["item_id"] for r in rows]:
         out["mcnemar_p_vs_base"] = round(mcnemar_p(greedy, [bool(r["greedy_pass"]) for r in base]), 4)

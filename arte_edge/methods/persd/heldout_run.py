@@ -1,5 +1,6 @@
 """The run's held-out evaluation: every model of the run (base, merged, each exported artifact, each variant)
-scored on ``persd.eval_task`` by :mod:`.heldout`, then the summary and the report section.
+scored on ``persd.eval_task`` by :mod:`.heldout`, then the summary, each model against StanD (paired bootstrap,
+McNemar + Holm, minimum detectable difference) and the report section.
 
 Per-item rows are cached in ``eval/persd/<model>.jsonl``, the summary in ``eval/persd/summary.json``, the report
 section in ``report/sections/persd.{md,json}``.
@@ -19,7 +20,7 @@ from arte_edge.methods.persd.heldout import (
     evaluate_heldout_model,
     summarise_heldout,
 )
-from arte_edge.methods.persd.report import write_section
+from arte_edge.methods.persd.report import compare_with_reference, write_section
 from arte_edge.rundir import atomic_write_json
 from arte_edge.tasks.base import Item, Task
 
@@ -121,11 +122,11 @@ def heldout_evaluation(ctx: RunContext, include_variants: bool = True) -> dict[s
     atomic_write_json(ctx.run.path("eval", "persd", "summary.json"), summary)
     costs_path = ctx.run.root / "data" / "persd" / "costs.json"
     costs = read_json(costs_path)
-    write_section(ctx.run.root, task.name, s, summary, costs)
+    write_section(ctx.run.root, task.name, s, summary, costs, compare_with_reference(results))
+    metrics = ("pass1_greedy", "pass1_multistep", "pass1_sampled", "pass1_sampled_multistep")
     return {"persd_heldout": {"task": task.name, "n_items": len(items),
-                              **{k: {m: (round(v[m], 4) if v[m] is not None else None)
-                                     for m in ("pass1_greedy", "pass1_multistep", "pass1_sampled")}
-                                 for k, v in summary.items()}}}
+                              **{k: {m: (round(v[m], 4) if v[m] is not None else None) for m in metrics}
+                                 | {"student_calls": v["student_calls"]} for k, v in summary.items()}}}
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -7,7 +7,9 @@
    natural-language feedback first, then the fix);
 4. the refinement is tested again; only passing ones are kept.
 
-StanD and InpD's from-scratch teacher solutions are made here too; :mod:`.datasets` turns the logs into data.
+The from-scratch teacher solutions are made here too, each task at most once whichever arms share it: StanD's
+(the first B pool tasks), InpD's (the failed tasks), stand-full's (every pool task) and PERsD-combined's gold (the
+tasks whose refinement passed, known once the refinements are in). :mod:`.datasets` turns the logs into data.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from arte_edge.methods.persd.datasets import write_datasets
 from arte_edge.methods.persd.judging import Judgement, cut, shown_attempt, stop_regex_for, truncate_at_stop
 from arte_edge.methods.persd.prompts import student_attempt_messages, teacher_direct_messages, teacher_refine_messages
 from arte_edge.methods.persd.records import LoopPaths, LoopSettings, attempt_id, direct_id, item_seed, refine_id
+from arte_edge.rundir import read_jsonl
 from arte_edge.tasks.base import Item, Task
 
 Progress = Callable[[str, int, int], None]
@@ -106,11 +109,10 @@ def run_loop(open_student: Callable[[], ChatModel], open_teacher: Callable[[], C
     failures = _student_phase(open_student, task, pool, paths, s, on_progress)
     budget = s.budget if s.budget is not None else len(failures)
     refine_targets = failures[:budget]
-    direct_items = _direct_items(pool, refine_targets, budget, s.variants)
-    if refine_targets or direct_items:
+    if refine_targets or _direct_items(pool, refine_targets, budget, s.variants, []):
         teacher = open_teacher()
         try:
-            _teacher_phase(teacher, task, by_id, refine_targets, direct_items, paths, s, on_progress)
+            _teacher_phase(teacher, task, pool, refine_targets, budget, paths, s, on_progress)
         finally:
             teacher.close()
     return write_datasets(task, pool, paths, s, budget)
@@ -139,25 +141,35 @@ def _student_phase(open_student: Callable[[], ChatModel], task: Task, pool: Sequ
 
 
 def _direct_items(pool: Sequence[Item], refine_targets: list[dict[str, Any]], budget: int,
-                  variants: Sequence[str]) -> list[Item]:
+                  variants: Sequence[str], refined: Sequence[Item]) -> list[Item]:
+    """The tasks the teacher solves from scratch, each once: InpD's failed tasks, StanD's first ``budget`` pool
+    tasks, stand-full's whole pool, then PERsD-combined's gold (``refined``: tasks whose refinement passed)."""
     by_id = {item.id: item for item in pool}
-    chosen: list[Item] = []
+    wanted: list[Item] = []
     if "inpd" in variants:
-        chosen += [by_id[a["item_id"]] for a in refine_targets]
+        wanted += [by_id[a["item_id"]] for a in refine_targets]
     if "stand" in variants:
-        chosen += [item for item in pool[:budget] if item not in chosen]
-    return chosen
+        wanted += pool[:budget]
+    if "stand-full" in variants:
+        wanted += pool
+    if "persd-combined" in variants:
+        wanted += refined
+    return list({item.id: item for item in wanted}.values())
 
 
-def _teacher_phase(teacher: ChatModel, task: Task, by_id: dict[str, Item], refine_targets: list[dict[str, Any]],
-                   direct_items: list[Item], paths: LoopPaths, s: LoopSettings, on_progress: Progress | None) -> None:
+def _teacher_phase(teacher: ChatModel, task: Task, pool: Sequence[Item], refine_targets: list[dict[str, Any]],
+                   budget: int, paths: LoopPaths, s: LoopSettings, on_progress: Progress | None) -> None:
     window = teacher_window(teacher)
+    by_id = {item.id: item for item in pool}
     refinements = paths.collector("refinements")
     refinements.run(((refine_id(s, a["id"]), a) for a in refine_targets), target=len(refine_targets) + 1,
                     max_attempts=len(refinements.done_ids) + len(refine_targets), batch_size=s.batch_size,
                     on_progress=_progress(on_progress, "refinements"), parallel=window,
                     run_window=lambda w: refine_window(teacher, task, [(rid, by_id[a["item_id"]], a) for rid, a in w],
                                                        s))
+    kept = {r["id"] for r in read_jsonl(paths.log("refinements"))}
+    refined = [by_id[a["item_id"]] for a in refine_targets if refine_id(s, a["id"]) in kept]
+    direct_items = _direct_items(pool, refine_targets, budget, s.variants, refined)
     direct = paths.collector("direct")
     direct.run(((direct_id(s, item), item) for item in direct_items), target=len(direct_items) + 1,
                max_attempts=len(direct.done_ids) + len(direct_items), batch_size=s.batch_size,

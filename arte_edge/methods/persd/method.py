@@ -1,7 +1,7 @@
 """PERsD as a :class:`~arte_edge.methods.base.Method`: the student → teacher loop writes the main arm (task →
-refined code) and its comparison arms (PERsD-refine, PERsD-combined, StanD, InpD) at an equal teacher budget;
-the held-out table (pass@1 on ``persd.eval_task``, with and without multi-step inference) comes after the
-evaluate and variants stages."""
+refined code) and its comparison arms (PERsD-refine, StanD and InpD at an equal teacher budget; PERsD-combined and
+stand-full, StanD on the whole pool, at their own larger cost); the held-out table (pass@1 on ``persd.eval_task``,
+with and without multi-step inference, each model against StanD) comes after the evaluate and variants stages."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class PersdMethod(Method):
     name = "persd"
     summary = "the teacher refines the student's failing attempts; kept when the tests pass (PERsD)"
     config_model = PersdConfig
-    standard_arm = "stand"  # StanD: the teacher solves the same tasks from scratch (standard distillation)
+    standard_arm = "stand"  # StanD at equal budget: the paired reference (stand-full, the whole pool, is an extra row)
 
     def generate(self, ctx: RunContext) -> dict[str, Any]:
         """The loop over the pool, writing the main and variant datasets; resumes from the logs."""
