@@ -49,7 +49,31 @@ def letter_logprobs(llm, messages, letters):
     return out
 
 
-def probe(model_name: str, task_name: str, n: int, seed: int, threads: int) -> dict:
+def text_logprobs(llm, messages, choices):
+    """Mean log-probability per character of each choice's text written after ``Answer:`` (lm-eval's acc_norm):
+    the knowledge a student could show by naming the answer instead of its letter. The prompt is decoded once and
+    each choice continues from its KV cells."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    fmt = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token="", bos_token="",
+                              add_generation_prompt=True)
+    prompt = llm.tokenize((fmt(messages=messages).prompt + "Answer:").encode(), add_bos=False, special=True)
+    llm.reset()
+    llm.eval(prompt)
+    out = []
+    for text in choices:
+        cont = llm.tokenize(f" {text.strip()}".encode(), add_bos=False, special=False)
+        llm.n_tokens = len(prompt)
+        llm.eval(cont)
+        total = 0.0
+        for j, tok in enumerate(cont):
+            logits = np.asarray(llm.scores[len(prompt) - 1 + j], dtype=np.float64)
+            total += logits[tok] - (np.log(np.exp(logits - logits.max()).sum()) + logits.max())
+        out.append(total / max(1, len(text.strip())))
+    return out
+
+
+def probe(model_name: str, task_name: str, n: int, seed: int, threads: int, mode: str = "letter") -> dict:
     """Letter log-probs of ``model_name`` on ``n`` held-out items of ``task_name``."""
     from llama_cpp import Llama
 
@@ -67,7 +91,10 @@ def probe(model_name: str, task_name: str, n: int, seed: int, threads: int) -> d
     rows = []
     for item in splits["eval"]:
         letters = "ABCDEFGHIJ"[: len(task.item_choices(item))]
-        lp = letter_logprobs(llm, answer_messages(task, item), letters)
+        if mode == "text":
+            lp = text_logprobs(llm, answer_messages(task, item), task.item_choices(item))
+        else:
+            lp = letter_logprobs(llm, answer_messages(task, item), letters)
         rows.append({"gold": item.answer, "letters": letters, "logp": lp})
     seconds = time.time() - t0
     k = max(len(r["letters"]) for r in rows)
@@ -83,7 +110,7 @@ def probe(model_name: str, task_name: str, n: int, seed: int, threads: int) -> d
     const_letter, const_n = Counter(gold).most_common(1)[0]
     chance = float(np.mean([1 / len(r["letters"]) for r in rows]))
     top, top_n = Counter(pred).most_common(1)[0]
-    return {"model": model_name, "task": task_name, "n": len(rows), "argmax": acc, "debiased": acc_deb,
+    return {"model": model_name, "task": task_name, "mode": mode, "n": len(rows), "argmax": acc, "debiased": acc_deb,
             "constant": const_n / len(rows), "constant_letter": const_letter, "chance": chance,
             "top_letter": top, "top_share": top_n / len(rows), "pred_hist": dict(Counter(pred)),
             "debiased_hist": dict(Counter(pred_deb)), "seconds": round(seconds, 1),
@@ -99,16 +126,19 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mode", choices=["letter", "text"], default="letter",
+                    help="letter: log-prob of each choice letter; text: of each choice's text (per character)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     results = []
-    print("| model | task | n | argmax % | debiased % | constant % | chance % | top letter (share) | s/item |")
-    print("|---|---|---:|---:|---:|---:|---:|---|---:|")
+    print("| model | task | mode | n | argmax % | debiased % | constant % | chance % | top letter (share) | s/item |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|---:|")
     for task in args.tasks:
         for model in args.models:
-            r = probe(model, task, args.n, args.seed, args.threads)
+            r = probe(model, task, args.n, args.seed, args.threads, args.mode)
             results.append(r)
-            print(f"| {model} | {task} | {r['n']} | {100 * r['argmax']:.1f} | {100 * r['debiased']:.1f} | "
+            print(f"| {model} | {task} | {args.mode} | {r['n']} | {100 * r['argmax']:.1f} | "
+                  f"{100 * r['debiased']:.1f} | "
                   f"{100 * r['constant']:.1f} ({r['constant_letter']}) | {100 * r['chance']:.1f} | "
                   f"{r['top_letter']} ({100 * r['top_share']:.0f}%) | {r['s_per_item']} |", flush=True)
     if args.out:

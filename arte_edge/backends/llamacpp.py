@@ -110,6 +110,19 @@ class LlamaCppChat:
             self.llm = None
 
 
+def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens all ``prompts`` start with, leaving each at least one token of its own (whose logits start it)."""
+    if not prompts:
+        return 0
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for i in range(max(0, n)):
+        tok = first[i]
+        if any(p[i] != tok for p in prompts[1:]):
+            return i
+    return max(0, n)
+
+
 @dataclass
 class _Seq:
     """One conversation being decoded inside a batch."""
@@ -121,21 +134,25 @@ class _Seq:
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     finish: str | None = None
+    processed: int = 0  # prompt tokens this sequence decoded itself (the shared prefix counts once, for the first)
 
 
 class BatchedDecoder:
     """Several conversations decoded together in one llama.cpp context (one sequence id each).
 
     Shares the loaded model of a ``llama_cpp.Llama`` and owns a second context with ``n_seq_max`` sequences
-    and a unified KV cache. Prompts are prefilled one sequence at a time (prefill is compute-bound already);
-    every decode step then feeds one token per live sequence in a single ``llama_decode``.
+    and a unified KV cache. The prompts' common prefix (system prompt, instructions, demonstrations) is decoded
+    once into sequence 0 and its KV cells shared with the others (``llama_memory_seq_cp``; ``share_prefix=False``
+    decodes every prompt whole); the rest of each prompt is prefilled one sequence at a time (prefill is
+    compute-bound already); every decode step then feeds one token per live sequence in a single ``llama_decode``.
+    Each Completion's ``meta["prompt_tokens_processed"]`` says how many prompt tokens it cost.
     """
 
-    def __init__(self, llm, *, n_seq: int, n_ctx_per_seq: int, threads: int):
+    def __init__(self, llm, *, n_seq: int, n_ctx_per_seq: int, threads: int, share_prefix: bool = True):
         import llama_cpp as lc
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        self.lc, self.llm, self.n_seq = lc, llm, n_seq
+        self.lc, self.llm, self.n_seq, self.share_prefix = lc, llm, n_seq, share_prefix
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = n_seq * n_ctx_per_seq
         cparams.n_batch = cparams.n_ubatch = 512
@@ -180,8 +197,15 @@ class BatchedDecoder:
         for seq in too_long:
             seq.finish = "error"
         live = [s for s in seqs if s.finish is None]
-        for sid, seq in enumerate(live):  # prefill, one sequence at a time
-            self._prefill(seq.prompt, sid)
+        shared = shared_prefix_len([s.prompt for s in live]) if self.share_prefix and len(live) > 1 else 0
+        if shared:  # the common prefix (system prompt, demos) once into sequence 0, its cells shared by the rest
+            self._prefill(live[0].prompt[:shared], 0, logits=False)
+            mem = self.lc.llama_get_memory(self.ctx)
+            for sid in range(1, len(live)):
+                self.lc.llama_memory_seq_cp(mem, 0, sid, 0, shared)
+        for sid, seq in enumerate(live):  # prefill the rest of each prompt, one sequence at a time
+            self._prefill(seq.prompt[shared:], sid, start=shared)
+            seq.processed = len(seq.prompt) - shared + (shared if sid == 0 else 0)
             self._accept(seq, self._sample(-1, seq, params), params)
         limit = [min(params.max_tokens, self.n_ctx_per_seq - len(s.prompt)) for s in live]
         while True:
@@ -197,11 +221,12 @@ class BatchedDecoder:
         seconds = time.perf_counter() - start
         return [self._completion(s, seconds) for s in seqs]
 
-    def _prefill(self, prompt: list[int], sid: int) -> None:
-        for lo in range(0, len(prompt), 512):
-            chunk = prompt[lo:lo + 512]
-            last = lo + len(chunk) >= len(prompt)
-            self._fill([(tok, lo + j, sid) for j, tok in enumerate(chunk)], logits="last" if last else "none")
+    def _prefill(self, tokens: list[int], sid: int, start: int = 0, logits: bool = True) -> None:
+        """Decode ``tokens`` at positions ``start``.. of sequence ``sid``; logits of the last one when asked."""
+        for lo in range(0, len(tokens), 512):
+            chunk = tokens[lo:lo + 512]
+            last = logits and lo + len(chunk) >= len(tokens)
+            self._fill([(tok, start + lo + j, sid) for j, tok in enumerate(chunk)], logits="last" if last else "none")
 
     def _fill(self, entries: list[tuple[int, int, int]], logits: str) -> None:
         b = self.batch
@@ -251,7 +276,7 @@ class BatchedDecoder:
                               error=f"llama.cpp: prompt of {len(seq.prompt)} tokens exceeds n_ctx "
                                     f"{self.n_ctx_per_seq}")
         return Completion(seq.text, len(seq.prompt), len(seq.tokens), seq.finish or "length", seconds,
-                          meta={"batched": True})
+                          meta={"batched": True, "prompt_tokens_processed": seq.processed})
 
     def close(self) -> None:
         """Free the context and the batch (the model belongs to the Llama object)."""
