@@ -98,6 +98,14 @@ def test_full_pipeline_writes_report_contract(tmp_path: Path, tiny_model_dir: Pa
     assert all(c["reference"] == "base" and 0 <= c["p_holm"] <= 1 for c in report["comparisons"])
     assert (run.root / "report" / "report.md").read_text().startswith("# arte-edge report")
     assert (run.root / "artifacts" / "verify.json").exists()
+    # fp32 rows are scored in left-padded batches and checked against batch 1; the GGUF one sequence at a time.
+    decoding = {r["name"]: (r["decoding"], r["batch1_check"]) for r in report["artifacts"]}
+    assert decoding["gguf-q8_0"] == ("batch 1", None)
+    for name in ("base", "base-fewshot", "merged"):
+        mode, check = decoding[name]
+        assert mode == "batched 8" and check["n"] == 8 and 0 <= check["same_answer"] <= 8
+    assert "Decoding while scoring (greedy): base batched 8 (vs batch 1 on 8 items:" in (
+        run.root / "report" / "report.md").read_text()
 
     # Same command again: every stage is skipped and nothing changes.
     before = run.examples_path.read_bytes()

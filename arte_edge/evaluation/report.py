@@ -68,7 +68,7 @@ def artifact_rows(run: RunDir, eval_summary: dict[str, Any], bench: dict[str, An
             "margin_pt": (acc.get("vs_baseline") or {}).get("margin_pt"),
             "vs_baseline": acc.get("vs_baseline"), "top_answer": acc.get("top_answer"),
             "top_share": acc.get("top_share"), "answer_histogram": acc.get("answer_histogram"),
-            "flags": flags_of(acc),
+            "flags": flags_of(acc), "decoding": acc.get("decoding"), "batch1_check": acc.get("batch1_check"),
             **{k: summary.get(k) for k in LATENCY_KEYS},
         })
     return rows

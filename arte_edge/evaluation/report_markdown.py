@@ -65,7 +65,21 @@ def _artifacts(report: dict[str, Any]) -> list[str]:
             f"| {'; '.join(r.get('flags') or []) or 'ok'} |")
     lines += ["", "Answers given (most frequent first; `(none)` = no parseable answer):", ""]
     lines += [f"- {r['name']}: {_histogram(r.get('answer_histogram'))}" for r in report["artifacts"]]
+    decoded = [r for r in report["artifacts"] if r.get("decoding")]
+    if decoded:
+        lines += ["", "Decoding while scoring (greedy): " + "; ".join(_decoding(r) for r in decoded) + ". Batched "
+                  "rows are fp32 references (left-padded batches are not batch-invariant: the check re-answers "
+                  "their first items one at a time); shipped files are scored one sequence at a time, as a device "
+                  "runs them."]
     return lines
+
+
+def _decoding(row: dict[str, Any]) -> str:
+    check = row.get("batch1_check")
+    if not check:
+        return f"{row['name']} {row['decoding']}"
+    return (f"{row['name']} {row['decoding']} (vs batch 1 on {check['n']} items: {check['identical']} identical, "
+            f"{check['same_answer']} same answer)")
 
 
 def _arms(report: dict[str, Any]) -> list[str]:

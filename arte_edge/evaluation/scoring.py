@@ -76,3 +76,22 @@ def _row(task: Task, item: Item, completion) -> dict[str, Any]:
             "reason": check.reason if check else f"generation error: {completion.error}",
             "completion": completion.text, "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion.completion_tokens, "seconds": round(completion.seconds, 3)}
+
+
+def decoding_of(model: ChatModel) -> str:
+    """How ``model`` decodes during scoring: ``"batch 1"`` (as a device runs it) or ``"batched N"``."""
+    n = int(getattr(model, "batch_size", 1) or 1)
+    return "batch 1" if n <= 1 else f"batched {n}"
+
+
+def batch1_check(model: ChatModel, task: Task, items: Sequence[Item], rows: Sequence[dict[str, Any]],
+                 params: SamplingParams, demos: Sequence[tuple[str, str]] = (), n: int = 8) -> dict[str, Any]:
+    """Re-answer the first ``n`` items one at a time and compare with the batched rows: batched (left-padded)
+    decoding is faster but not batch-invariant, so the report says how close its greedy outputs are."""
+    by_id = {r["item_id"]: r for r in rows}
+    sample = [item for item in items if item.id in by_id][:n]
+    texts = [model.chat(answer_messages(task, item, demos), params).text for item in sample]
+    pairs = list(zip(texts, sample, strict=True))
+    same_text = sum(t == by_id[i.id]["completion"] for t, i in pairs)
+    same_answer = sum(task.check(i, t).predicted == by_id[i.id]["predicted"] for t, i in pairs)
+    return {"n": len(sample), "identical": same_text, "same_answer": same_answer}

@@ -12,7 +12,7 @@ from typing import Any
 
 from arte_edge.artifacts import Artifact, as_gguf, content_key, list_artifacts, open_artifact
 from arte_edge.evaluation.baselines import FORMAT_ONLY, annotate, baselines_record, trivial_baselines
-from arte_edge.evaluation.scoring import eval_params, evaluate_model, format_demos
+from arte_edge.evaluation.scoring import batch1_check, decoding_of, eval_params, evaluate_model, format_demos
 from arte_edge.evaluation.summary import summarise
 from arte_edge.runctx import RunContext
 from arte_edge.rundir import atomic_write_json
@@ -31,12 +31,17 @@ def run(ctx: RunContext, artifacts: list[Artifact] | None = None) -> dict[str, A
     if cfg.format_baseline and base is not None and demos and ctx.task.kind != "code":
         jobs.append((base, FORMAT_ONLY, tuple(demos)))  # the format-only baseline: same model, seeds shown
     rows_by_artifact: dict[str, list[dict[str, Any]]] = {}
+    decoding: dict[str, dict[str, Any]] = {}
     for artifact, name, shown in jobs:
         model = open_artifact(artifact, ctx.run.root, threads=cfg.threads, device_faithful=True)
         try:
             rows_by_artifact[name] = evaluate_model(
                 model, ctx.task, items, ctx.run.eval_rows_path(name), params, label=name, demos=shown,
                 key=content_key(artifact, ctx.run.root, params.max_tokens, *shown))
+            decoding[name] = {"decoding": decoding_of(model)}
+            if decoding[name]["decoding"] != "batch 1":  # fp32 reference rows: batched, checked against batch 1
+                decoding[name]["batch1_check"] = batch1_check(model, ctx.task, items, rows_by_artifact[name], params,
+                                                              shown)
         finally:
             model.close()
     rows_by_artifact.update({alias: rows_by_artifact[name] for alias, name in same_as.items()})
@@ -44,7 +49,8 @@ def run(ctx: RunContext, artifacts: list[Artifact] | None = None) -> dict[str, A
     summary = summarise(rows_by_artifact, reference)
     opened = {name: a for a, name, _ in jobs}
     for name, row in summary.items():  # the runtime each row was scored in
-        row.update(format=opened[same_as.get(name, name)].format, quant=opened[same_as.get(name, name)].quant)
+        row.update(format=opened[same_as.get(name, name)].format, quant=opened[same_as.get(name, name)].quant,
+                   **decoding.get(same_as.get(name, name), {}))
     baselines = trivial_baselines(ctx.task, items, rows_by_artifact.get(FORMAT_ONLY))
     annotate(summary, rows_by_artifact, baselines, ctx.recipe.report.max_answer_share)
     atomic_write_json(ctx.run.eval_baselines_path, baselines_record(ctx.task, items, baselines))

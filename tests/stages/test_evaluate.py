@@ -143,3 +143,23 @@ def test_variants_are_scored_in_the_evaluate_quant_runtime(tmp_path: Path, tiny_
     assert out["variants"]["stand"]["accuracy"] == row["accuracy"]
     assert (tmp_path / "eval" / "models" / "variant-stand" / "variant-stand.q8_0.gguf").exists()
     assert len(read_jsonl(tmp_path / "eval" / "variant-stand.jsonl")) == 6
+
+
+class BatchSensitiveModel(CountingModel):
+    """Batched answers say 4; asked one at a time it says 5 on "2 + 1" (batching is not batch-invariant)."""
+
+    batch_size = 8
+
+    def chat(self, messages: list, params: SamplingParams) -> Completion:
+        text = "Answer: 5" if "2 + 1" in messages[-1]["content"] else "Answer: 4"
+        return Completion(text=text, prompt_tokens=5, completion_tokens=3, seconds=0.01)
+
+
+def test_batched_rows_are_checked_against_batch_one(tmp_path: Path, task) -> None:
+    from arte_edge.evaluation.scoring import batch1_check, decoding_of
+
+    model, params = BatchSensitiveModel(), SamplingParams(max_tokens=8)
+    rows = evaluate_model(model, task, items(5), tmp_path / "rows.jsonl", params)
+    assert decoding_of(model) == "batched 8" and decoding_of(CountingModel()) == "batch 1"
+    assert batch1_check(model, task, items(5), rows, params, n=3) == {"n": 3, "identical": 2, "same_answer": 2}
+    assert batch1_check(model, task, items(5), rows, params) == {"n": 5, "identical": 4, "same_answer": 4}
