@@ -146,6 +146,14 @@ class ReportConfig(Section):
     max_answer_share: float = Field(
         0.6, gt=0.0, le=1.0, description="A model giving one answer to more than this share of the held-out items "
         "has collapsed: flagged, never recommended.")
+    min_relative_accuracy: float = Field(
+        0.99, gt=0.0, le=1.0, description="Accuracy gate: an exported artifact whose held-out accuracy is below this "
+        "fraction of the merged student's (MLPerf's 99% of the reference) is flagged and never recommended; applied "
+        "only on at least `gate_min_items` items. An artifact that an exact one-sided McNemar test on the same items "
+        "finds worse than the merged student (p < 0.05) is flagged whatever the number of items.")
+    gate_min_items: int = Field(
+        300, ge=1, description="Fewest held-out items for the relative accuracy gate (`min_relative_accuracy`); on "
+        "fewer, only the paired test against the merged student gates, and the report says so.")
 
 
 class VariantsConfig(Section):

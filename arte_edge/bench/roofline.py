@@ -30,6 +30,7 @@ class ModelShape:
 
     ``weight_read_bytes`` is what one decode step reads: every weight except the token-embedding table,
     of which one row is read, unless the output layer is tied to it (then the whole table is read).
+    ``gathered`` names the tensors counted as one row per token (empty when every weight counts in full).
     """
 
     weight_bytes: int
@@ -39,6 +40,7 @@ class ModelShape:
     head_dim: int
     context_length: int
     source: str
+    gathered: tuple[str, ...] = ()
 
     def kv_bytes_per_position(self, kv_type: str = "f16") -> float:
         """K and V bytes one token position adds to the cache."""
@@ -172,7 +174,15 @@ def gguf_shape(path: Path) -> ModelShape:
     row = int(embd.n_bytes) // int(embd.shape[-1]) if embd is not None and len(embd.shape) > 1 else 0
     return ModelShape(weight_bytes=sum(sizes.values()), weight_read_bytes=weights_read_per_token(sizes, row),
                       n_layers=int(n_layers), n_kv_heads=int(n_kv), head_dim=int(head_dim),
-                      context_length=int(meta(f"{arch}.context_length", 0) or 0), source="gguf")
+                      context_length=int(meta(f"{arch}.context_length", 0) or 0), source="gguf",
+                      gathered=_gathered_embedding(sizes))
+
+
+def _gathered_embedding(sizes: dict[str, int]) -> tuple[str, ...]:
+    """The token-embedding table's name when it is read one row per token (an untied output layer exists)."""
+    if not any(name in sizes for name in _OUTPUT):
+        return ()
+    return tuple(sorted(name for name in sizes if name in _TOKEN_EMBD))
 
 
 def _first(value: Any) -> Any:
@@ -189,31 +199,44 @@ def hf_shape(path: Path) -> ModelShape:
     tied = bool(config.get("tie_word_embeddings", not any(n in sizes for n in _OUTPUT)))
     embd = sum(b for n, b in sizes.items() if n in _TOKEN_EMBD)
     read = total if tied or not embd else total - embd
-    return _shape_from_config(config, total, read, "hf config.json", path)
+    gathered = () if tied or not embd else tuple(sorted(n for n in sizes if n in _TOKEN_EMBD))
+    return _shape_from_config(config, total, read, "hf config.json", path, gathered)
 
 
 def onnx_shape(path: Path) -> ModelShape:
-    """Shape from onnxruntime-genai's ``genai_config.json`` (or config.json) and the ONNX file sizes."""
-    total = sum(p.stat().st_size for p in path.iterdir() if p.is_file() and p.name.startswith("model.onnx"))
-    if not total:
-        total = _weight_files_size(path)
-    genai = path / "genai_config.json"
+    """Shape from onnxruntime-genai's ``genai_config.json`` (or config.json); weights from the decoder graph's
+    initializers (:mod:`arte_edge.bench.onnx_weights`: external data included, a table only looked up by
+    ``Gather``/``GatherBlockQuantized`` counted one row per token). Without a graph, the folder's file sizes."""
+    from arte_edge.bench.onnx_weights import decoder_model_path, onnx_weights
+
+    folder = path.parent if path.is_file() else path
+    model_file = decoder_model_path(path)
+    if model_file is not None:
+        weights = onnx_weights(model_file)
+        total, read, gathered = weights.total_bytes, weights.read_bytes, tuple(sorted(weights.gathered))
+    else:
+        total, gathered = _weight_files_size(folder), ()
+        read = total
+    genai = folder / "genai_config.json"
     if genai.is_file():
-        decoder = _read_json(genai)["model"]["decoder"]
         model = _read_json(genai)["model"]
-        return ModelShape(weight_bytes=total, weight_read_bytes=total, n_layers=int(decoder["num_hidden_layers"]),
+        decoder = model["decoder"]
+        return ModelShape(weight_bytes=total, weight_read_bytes=read, n_layers=int(decoder["num_hidden_layers"]),
                           n_kv_heads=int(decoder["num_key_value_heads"]), head_dim=int(decoder["head_size"]),
-                          context_length=int(model.get("context_length", 0)), source="genai_config.json")
-    return _shape_from_config(_read_json(path / "config.json"), total, total, "onnx config.json", path)
+                          context_length=int(model.get("context_length", 0)), source="genai_config.json",
+                          gathered=gathered)
+    return _shape_from_config(_read_json(folder / "config.json"), total, read, "onnx config.json", folder, gathered)
 
 
-def _shape_from_config(config: dict[str, Any], total: int, read: int, source: str, path: Path) -> ModelShape:
+def _shape_from_config(config: dict[str, Any], total: int, read: int, source: str, path: Path,
+                       gathered: tuple[str, ...] = ()) -> ModelShape:
     try:
         n_heads = int(config["num_attention_heads"])
         head_dim = int(config.get("head_dim") or config["hidden_size"] // n_heads)
         return ModelShape(weight_bytes=total, weight_read_bytes=read, n_layers=int(config["num_hidden_layers"]),
                           n_kv_heads=int(config.get("num_key_value_heads") or n_heads), head_dim=head_dim,
-                          context_length=int(config.get("max_position_embeddings") or 0), source=source)
+                          context_length=int(config.get("max_position_embeddings") or 0), source=source,
+                          gathered=gathered)
     except KeyError as exc:
         raise ArteError(f"{path}: config lacks {exc.args[0]!r}; cannot estimate the KV cache") from exc
 

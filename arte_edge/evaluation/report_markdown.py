@@ -63,6 +63,7 @@ def _artifacts(report: dict[str, Any]) -> list[str]:
             f"| {_fmt(r['decode_tok_s'], '.1f')} | {_fmt(r['prompt_tok_s'], '.0f')} | {_fmt(r['ttft_ms_p50'], '.0f')} "
             f"| {_fmt(r['ttft_ms_p90'], '.0f')} | {_fmt(r['peak_rss_bytes'], '.0f', 1e-6)} "
             f"| {'; '.join(r.get('flags') or []) or 'ok'} |")
+    lines += _gate(report)
     lines += ["", "Answers given (most frequent first; `(none)` = no parseable answer):", ""]
     lines += [f"- {r['name']}: {_histogram(r.get('answer_histogram'))}" for r in report["artifacts"]]
     decoded = [r for r in report["artifacts"] if r.get("decoding")]
@@ -71,6 +72,20 @@ def _artifacts(report: dict[str, Any]) -> list[str]:
                   "rows are fp32 references (left-padded batches are not batch-invariant: the check re-answers "
                   "their first items one at a time); shipped files are scored one sequence at a time, as a device "
                   "runs them."]
+    return lines
+
+
+def _gate(report: dict[str, Any]) -> list[str]:
+    gate = report.get("accuracy_gate") or {}
+    if not gate.get("rule"):
+        return []
+    lines = ["", f"Accuracy gate (each exported artifact against the merged student): {gate['rule']}; an artifact "
+             "that fails it is flagged and never recommended."]
+    small = gate.get("relative_not_applied") or {}
+    if small:
+        names = ", ".join(f"{name} (n = {n})" for name, n in small.items())
+        lines[-1] += (f" The relative gate was **not applied** to {names}: n is too small (fewer than "
+                      f"{gate['min_items']} items), so only the paired test gated them.")
     return lines
 
 
@@ -119,7 +134,8 @@ def _recommendation(report: dict[str, Any]) -> list[str]:
     lines = ["", "## Recommendation", ""]
     if rec and rec.get("name"):
         lines.append(f"Ship **{rec['name']}** ({rec['decode_tok_s']:.1f} tok/s, {100 * rec['accuracy']:.1f}%, "
-                     f"{_fmt(rec.get('margin_pt'), '+.1f')} pt over the best trivial baseline): {rec['rule']}.")
+                     f"{_fmt(rec.get('margin_pt'), '+.1f')} pt over the best trivial baseline): {rec['rule']}."
+                     + (f" Note: {rec['gate_note']}." if rec.get("gate_note") else ""))
     elif rec:
         lines.append("**No artifact can be recommended**: every candidate is flagged, not benchmarked or below the "
                      "accuracy gate (reasons below).")
