@@ -95,6 +95,11 @@ class TrainConfig(Section):
     max_length: int = Field(512, ge=32, description="Max tokens per example; longer ones are truncated.")
     threads: int = Field(2, ge=1, description="torch threads on CPU (1 can win on a busy machine).")
     save_steps: int = Field(10, ge=1, description="Checkpoint every N steps (resume after a crash).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Training precision. auto: bf16 mixed precision (fp32 master weights and adapters, "
+        "bf16 matmuls) on a CUDA GPU with bf16 and on a CPU with AMX-BF16 (Intel Xeon Sapphire Rapids and later), "
+        "whose tiles run bf16 matmuls several times faster than fp32; fp32 on other CPUs (AMD, older Intel, ARM), "
+        "where bf16 is slower. The resolved precision is recorded in training.json and keys the checkpoints.")
 
 
 class ExportConfig(Section):

@@ -13,9 +13,15 @@ Stage measured so far (issue 16, item 4):
   sdist, see benchmarks/llama_bench_compare.py), turned into the time the engine would need for the same
   prompt and completion tokens at batch 1 — the teacher stage as a fraction of what the engine can do here.
 
-Evaluation and training stages are not measured by this script yet (see the note in issue 16).
+- ``train``: the demo recipe's LoRA training of its student on the demo's examples (``runs/demo/data/
+  examples.jsonl`` when a demo ran, else ``--n-train`` train-pool questions with their gold answer as a short
+  target). *old*: fp32 (the path before ``train.precision``); *new*: ``train.precision: auto`` (bf16 mixed
+  precision where the CPU has AMX-BF16, else fp32 again: then the two paths are the same). Reported: median
+  tokens/s, the loss at every logged step of both (max absolute difference), the resolved precision.
 
-    .venv/bin/python benchmarks/pipeline_speed.py --n 32 --reps 3 [--no-ceiling]
+The evaluation stage is not measured by this script yet.
+
+    .venv/bin/python benchmarks/pipeline_speed.py --stages teacher train --n 32 --reps 3 [--no-ceiling]
 
 Prints a Markdown table; writes benchmarks/results/pipeline_speed.json. Run it on a quiet machine (the load
 average before each repetition is recorded).
@@ -91,14 +97,108 @@ def agreement(task: Any, items: list[Any], a: list[str], b: list[str]) -> dict[s
     return {"n": len(a), "identical_text": same_text, "same_answer": same_answer}
 
 
+def train_examples(recipe: Any, task: Any, n: int) -> tuple[list[dict[str, Any]], str]:
+    """The demo's own training examples when a demo ran, else ``n`` train-pool items with a short gold target."""
+    from arte_edge.evaluation.scoring import answer_messages
+    from arte_edge.rundir import read_jsonl
+
+    path = ROOT / "runs" / "demo" / "data" / "examples.jsonl"
+    if path.exists() and read_jsonl(path):
+        return read_jsonl(path), str(path.relative_to(ROOT))
+    _, _, items, _ = demo_jobs(n)
+    rows = []
+    for item in items:
+        text = task.item_choices(item)["ABCDEFGHIJ".index(item.answer)]
+        rows.append({"messages": [*answer_messages(task, item),
+                                  {"role": "assistant", "content": f"The correct choice is {text}.\nAnswer: "
+                                                                   f"{item.answer}"}]})
+    return rows, f"{len(rows)} train-pool questions with a gold target (no demo run found)"
+
+
+def run_train(recipe: Any, examples: list[dict[str, Any]], precision: str, work: Path) -> dict[str, Any]:
+    """One LoRA training of the demo's student on ``examples``; seconds, tokens/s and the loss curve."""
+    import shutil
+
+    from arte_edge import models
+    from arte_edge.training.sft import train_adapter
+
+    shutil.rmtree(work, ignore_errors=True)
+    cfg = recipe.train.model_copy(update={"precision": precision, "save_steps": 10_000})
+    base = models.hf_folder(recipe.student.model)
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    info = train_adapter(base, examples, work / "adapter", cfg, recipe.seed, work / "checkpoints")
+    seconds = time.perf_counter() - start
+    history = json.loads((work / "train_log.json").read_text())
+    losses = [h["loss"] for h in history if "loss" in h]
+    return {"seconds": seconds, "train_runtime_s": info["runtime_s"], "tokens": info["tokens"],
+            "tokens_per_s": info["tokens"] / info["runtime_s"] if info["tokens"] and info["runtime_s"] else None,
+            "precision": info["precision"], "losses": losses, "load_1m": load}
+
+
+def measure_train(args: argparse.Namespace) -> dict[str, Any]:
+    """Training old (fp32) vs new (precision auto), alternating; tokens/s medians and the loss curves."""
+    import tempfile
+
+    recipe, task, _, _ = demo_jobs(1)
+    examples, source = train_examples(recipe, task, args.n_train)
+    runs: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
+    with tempfile.TemporaryDirectory(prefix="arte-train-bench-") as tmp:
+        for rep in range(args.reps):
+            for name in (("old", "new") if rep % 2 == 0 else ("new", "old")):
+                runs[name].append(run_train(recipe, examples, "fp32" if name == "old" else "auto",
+                                            Path(tmp) / name))
+                print(f"train rep {rep + 1} {name}: {runs[name][-1]['tokens_per_s']:.0f} tok/s",
+                      file=sys.stderr, flush=True)
+    med = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()}
+    diffs = [abs(a - b) for a, b in zip(runs["old"][0]["losses"], runs["new"][0]["losses"], strict=False)]
+    return {"stage": "train", "examples": source, "n_examples": len(examples), "reps": args.reps,
+            "precision_new": runs["new"][0]["precision"],
+            "old_tokens_per_s": [round(r["tokens_per_s"], 1) for r in runs["old"]],
+            "new_tokens_per_s": [round(r["tokens_per_s"], 1) for r in runs["new"]],
+            "old_median_tok_s": round(med["old"], 1), "new_median_tok_s": round(med["new"], 1),
+            "speedup": round(med["new"] / med["old"], 3),
+            "loss_old": runs["old"][0]["losses"], "loss_new": runs["new"][0]["losses"],
+            "loss_max_abs_diff": round(max(diffs), 4) if diffs else None,
+            "final_loss": {"old": runs["old"][0]["losses"][-1], "new": runs["new"][0]["losses"][-1]},
+            "load_1m": {k: [round(r["load_1m"], 2) for r in v] for k, v in runs.items()}}
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Measure the teacher stage old vs new, alternating, and print the table."""
+    """Measure each asked stage old vs new, alternating, and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stages", nargs="+", choices=["teacher", "train"], default=["teacher", "train"])
     ap.add_argument("--n", type=int, default=32, help="train-pool questions (the demo makes up to 160 calls)")
+    ap.add_argument("--n-train", type=int, default=54, help="training examples when no demo run exists")
     ap.add_argument("--reps", type=int, default=3, help="alternating repetitions of each path")
     ap.add_argument("--no-ceiling", action="store_true", help="skip llama-bench (it is built once, ~8 min)")
     args = ap.parse_args(argv)
+    results: dict[str, Any] = {}
+    if "teacher" in args.stages:
+        results["teacher"] = measure_teacher(args)
+    if "train" in args.stages:
+        results["train"] = measure_train(args)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "pipeline_speed.json").write_text(json.dumps(results, indent=1))
+    print("| stage | n | old (median) | new (median) | speedup | detail | agreement | ceiling |")
+    print("|---|---:|---:|---:|---:|---|---|---|")
+    if "teacher" in results:
+        t = results["teacher"]
+        agree = t["agreement_old_vs_new"]
+        ceil = t.get("ceiling", {}).get("batch1_seconds", "–")
+        print(f"| teacher | {t['n']} | {t['old_median_s']:.1f} s | {t['new_median_s']:.1f} s | {t['speedup']:.2f}× | "
+              f"prompt tokens processed {t['prompt_tokens_processed_old']} → {t['prompt_tokens_processed_new']} | "
+              f"{agree['same_answer']}/{agree['n']} same answer ({agree['identical_text']} identical text) | "
+              f"llama-bench batch-1 time for the same tokens: {ceil} s |")
+    if "train" in results:
+        r = results["train"]
+        print(f"| train | {r['n_examples']} | {r['old_median_tok_s']:.0f} tok/s | {r['new_median_tok_s']:.0f} tok/s | "
+              f"{r['speedup']:.2f}× | fp32 → {r['precision_new']} | final loss {r['final_loss']['old']:.3f} vs "
+              f"{r['final_loss']['new']:.3f} (max step diff {r['loss_max_abs_diff']}) | – |")
 
+
+def measure_teacher(args: argparse.Namespace) -> dict[str, Any]:
+    """Teacher generation old (whole prompts) vs new (shared prefix), alternating, with the ceiling."""
     from arte_edge import models
     from arte_edge.backends.base import SamplingParams
     from arte_edge.backends.llamacpp import LlamaCppChat
@@ -135,16 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if not args.no_ceiling:
         result["ceiling"] = ceiling(gguf, recipe.teacher.threads, new0["prompt_tokens"], new0["completion_tokens"])
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "pipeline_speed.json").write_text(json.dumps(result, indent=1))
-    agree = result["agreement_old_vs_new"]
-    print("| stage | n | old s (median) | new s (median) | speedup | prompt tokens processed old → new | "
-          "same answer old/new | engine batch-1 ceiling s |")
-    print("|---|---:|---:|---:|---:|---|---|---:|")
-    ceil = result.get("ceiling", {}).get("batch1_seconds", "–")
-    print(f"| teacher | {len(items)} | {med['old']:.1f} | {med['new']:.1f} | {result['speedup']:.2f}× | "
-          f"{result['prompt_tokens_processed_old']} → {result['prompt_tokens_processed_new']} | "
-          f"{agree['same_answer']}/{agree['n']} ({agree['identical_text']} identical) | {ceil} |")
+    return result
 
 
 if __name__ == "__main__":

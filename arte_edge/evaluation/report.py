@@ -3,7 +3,8 @@
 ``report/report.json`` is a stable contract for CI users:
 - ``artifacts``: one row per evaluated model (base student, merged student, each exported file) with
   ``name, format, quant, size_bytes, accuracy, ci_low, ci_high, n_eval, decode_tok_s, prompt_tok_s,
-  ttft_ms_p50`` (accuracy and interval as fractions in [0, 1]; latency from the bench device).
+  ttft_ms_p50`` (accuracy and interval as fractions in [0, 1]; latency from the bench device), and
+  ``bytes_per_param``: its size over the merged student's parameter count (None when either is unknown).
   Each row also has ``margin_pt`` (points over the best trivial baseline), ``top_answer``/``top_share`` (its
   most frequent answer) and ``flags`` (why it must not be shipped: a collapse onto one answer, no gain over the
   best trivial baseline, failing the accuracy gate); a flagged row is never recommended. ``accuracy_gate``: an
@@ -54,6 +55,7 @@ def artifact_rows(run: RunDir, eval_summary: dict[str, Any], bench: dict[str, An
     """One row per evaluated model, joining accuracy, latency and size; each exported artifact is gated against
     the merged student on its per-item results (``eval/<name>.jsonl``, see :func:`accuracy_gate`)."""
     known = {a.name: a for a in read_exported(run.root)}
+    n_params = parameter_count(run.merged_dir)
     merged = eval_summary.get(GATE_REFERENCE)
     merged_acc = (merged or {}).get("accuracy")
     merged_items = item_flags(run, GATE_REFERENCE) if merged else {}
@@ -73,11 +75,13 @@ def artifact_rows(run: RunDir, eval_summary: dict[str, Any], bench: dict[str, An
         gate = (None if merged is None or name in _UNGATED else
                 accuracy_gate(acc, merged, _items_of(run, name, acc, merged, merged_items), merged_items,
                               min_relative=min_relative_accuracy, min_items=gate_min_items))
+        size = b.get("size_bytes") or (art.size_bytes if art else None)
         rows.append({
             "name": name,
             "format": fmt,
             "quant": quant,
-            "size_bytes": b.get("size_bytes") or (art.size_bytes if art else None),
+            "size_bytes": size,
+            "bytes_per_param": round(size / n_params, 4) if size and n_params else None,
             "accuracy": acc["accuracy"], "ci_low": acc["ci_low"], "ci_high": acc["ci_high"], "n_eval": acc["n_eval"],
             "delta_vs_merged_pt": None if merged_acc is None else round(100 * (acc["accuracy"] - merged_acc), 2),
             "mcnemar_p_vs_base": acc.get("mcnemar_p_vs_base"),
@@ -90,6 +94,24 @@ def artifact_rows(run: RunDir, eval_summary: dict[str, Any], bench: dict[str, An
             **{k: summary.get(k) for k in LATENCY_KEYS},
         })
     return rows
+
+
+def parameter_count(hf_dir: Path) -> int | None:
+    """Parameters of an HF folder, summed over its safetensors headers (a tied matrix is stored, and counted,
+    once); None when it has no readable safetensors."""
+    import math
+    import struct
+
+    files = sorted(hf_dir.glob("*.safetensors")) if hf_dir.is_dir() else []
+    total = 0
+    try:
+        for path in files:
+            with path.open("rb") as fh:
+                header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+            total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
+    return total or None
 
 
 def _items_of(run: RunDir, name: str, acc: dict[str, Any], merged: dict[str, Any],

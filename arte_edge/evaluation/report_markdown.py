@@ -49,14 +49,15 @@ def _baselines(report: dict[str, Any]) -> list[str]:
 
 def _artifacts(report: dict[str, Any]) -> list[str]:
     lines = ["## Artifacts", "",
-             "| artifact | format | quant | size MB | accuracy % | 95% CI | vs baseline pt | flexible % | "
-             "answered % | top answer | Δ vs merged pt | decode tok/s | prompt tok/s | TTFT p50 ms | TTFT p90 ms | "
-             "peak RSS MB | flags |",
-             "|---|---|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| artifact | format | quant | size MB | bytes/param | accuracy % | 95% CI | vs baseline pt | "
+             "flexible % | answered % | top answer | Δ vs merged pt | decode tok/s | prompt tok/s | TTFT p50 ms | "
+             "TTFT p90 ms | peak RSS MB | flags |",
+             "|---|---|---|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["artifacts"]:
         top = f"{r['top_answer']} ({_fmt(r.get('top_share'), '.0f', 100)}%)" if r.get("top_answer") else "–"
         lines.append(
             f"| {r['name']} | {r['format']} | {r['quant']} | {_fmt(r['size_bytes'], '.1f', 1e-6)} | "
+            f"{_fmt(r.get('bytes_per_param'), '.3f')} | "
             f"{_fmt(r['accuracy'], '.1f', 100)} | [{_fmt(r['ci_low'], '.1f', 100)}, {_fmt(r['ci_high'], '.1f', 100)}] "
             f"| {_fmt(r.get('margin_pt'), '+.1f')} | {_fmt(r.get('accuracy_flexible'), '.1f', 100)} "
             f"| {_fmt(r.get('answered'), '.0f', 100)} | {top} | {_fmt(r['delta_vs_merged_pt'], '+.1f')} "

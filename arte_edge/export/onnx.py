@@ -52,8 +52,12 @@ BUILDER_ARCHITECTURES_0_18: frozenset[str] = frozenset({
 })
 # Multimodal / speech checkpoints the builder accepts but whose export is not a plain text decoder.
 _NOT_TEXT_DECODERS = frozenset({"WhisperForConditionalGeneration", "Phi3VForCausalLM", "Phi4MMForCausalLM"})
-# Builder --extra_options per precision (see docs/onnx.md for the measurements behind them).
-DEFAULT_BUILDER_OPTIONS: dict[str, dict[str, str]] = {}
+# Builder --extra_options per precision (see docs/onnx.md for the measurements behind them). int4: also
+# quantize the token embedding (Gather -> 4-bit GatherBlockQuantized). The builder does that by itself only
+# for a tied matrix (shared with the LM head); an untied model (a GGUF-converted one: transformers unties any
+# GGUF that carries output.weight) otherwise keeps a float table of vocab x hidden, e.g. 544 MB fp32 for
+# Qwen2.5-0.5B, more than every other weight together.
+DEFAULT_BUILDER_OPTIONS: dict[str, dict[str, str]] = {"int4": {"op_types_to_quantize": "MatMul/Gather"}}
 _ARCH_PATTERN = re.compile(r"""config\.architectures\[0\]\s*==\s*["'](\w+)["']""")
 
 
@@ -67,6 +71,7 @@ class OnnxArtifact:
     threads: int | None
     build_s: float
     verification: dict[str, Any] | None
+    tensors: dict[str, Any] | None = None  # onnx_tensors.tensor_summary: per-dtype bytes, embedding and LM head
 
     @property
     def model_path(self) -> Path:
@@ -164,14 +169,16 @@ def export_onnx(
         _check_graph_size(tmp)
         _finalize_genai_config(tmp, hf_dir, threads)
         build_s = time.perf_counter() - start
+        tensors = _record_tensors(tmp, precision, say)
         report = None
         if verify:
             from arte_edge.export.onnx_verify import verify_onnx
 
             say(f"verifying {out_dir.name} against the fp32 source (greedy, next-token KL, tokenizer)")
             report = verify_onnx(hf_dir, tmp, precision=precision, label=str(out_dir))
-        artifact = OnnxArtifact(out_dir, precision, _folder_size(tmp), threads, round(build_s, 2), report)
-        _write_manifest(tmp, artifact, hf_dir, options)
+        artifact = OnnxArtifact(out_dir, precision, _folder_size(tmp), threads, round(build_s, 2), report,
+                                tensors["summary"])
+        _write_manifest(tmp, artifact, hf_dir, options, tensors["all"])
         _replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -187,6 +194,23 @@ def _builder_options(precision: str, user: Mapping[str, str] | None, config: dic
         # quantization with a shared embedding/LM-head matrix; untie them instead.
         options["shared_embeddings"] = "false"
     return options
+
+
+def _record_tensors(folder: Path, precision: str, say: Progress) -> dict[str, Any]:
+    """Every initializer (for the manifest) and their summary (for verify.json); says when an int4 export
+    left its embedding or LM head in float."""
+    from arte_edge.export.onnx_tensors import load_graph, summarize, tensor_rows
+
+    graph = load_graph(folder / MODEL_FILE)
+    rows = tensor_rows(graph)
+    summary = summarize(graph, rows)
+    if precision == "int4":
+        floats = [part for part in ("embedding", "lm_head")
+                  if summary[part] and not summary[part]["quantized"] and not summary["shared_embedding"]]
+        if floats:
+            say(f"note: the int4 export keeps its {' and '.join(floats)} in float ({summary['total_bytes'] / 1e6:.0f} "
+                f"MB of weights)")
+    return {"all": rows, "summary": summary}
 
 
 def _check_destination(out_dir: Path) -> None:
@@ -299,7 +323,8 @@ def _folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def _write_manifest(folder: Path, artifact: OnnxArtifact, hf_dir: Path, builder_options: Mapping[str, str]) -> None:
+def _write_manifest(folder: Path, artifact: OnnxArtifact, hf_dir: Path, builder_options: Mapping[str, str],
+                    tensors: list[dict[str, Any]]) -> None:
     from importlib.metadata import PackageNotFoundError, version
 
     def ver(dist: str) -> str | None:
@@ -318,6 +343,8 @@ def _write_manifest(folder: Path, artifact: OnnxArtifact, hf_dir: Path, builder_
         "build_s": artifact.build_s,
         "versions": {d: ver(d) for d in ("onnxruntime-genai", "onnxruntime", "transformers", "arte-edge")},
         "verification": artifact.verification,
+        "tensor_summary": artifact.tensors,
+        "tensors": tensors,
     }
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 

@@ -70,8 +70,10 @@ def export_targets(hf_dir: Path, out_dir: Path, wanted: Sequence[tuple[str, str]
         folder = out_dir / f"{stem}-onnx-{precision}"
         res = export_onnx(hf_dir, folder, precision, progress=progress, threads=onnx_threads,  # type: ignore[arg-type]
                           verify=verify)
+        # verify.json carries how the weights are stored (per dtype, largest tensors, embedding and LM head)
         keep({"name": f"onnx-{precision}", "format": "onnx", "quant": precision, "path": rel(folder),
-              "size_bytes": res.size_bytes, "verify": res.verification or {}, "details": {}})
+              "size_bytes": res.size_bytes, "verify": {**(res.verification or {}), "tensors": res.tensors},
+              "details": {}})
     return made
 
 

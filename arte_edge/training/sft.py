@@ -2,8 +2,9 @@
 
 Each example becomes a conversational prompt/completion pair, so only the assistant's answer is learned.
 Checkpoints every ``train.save_steps`` under the folder the caller gives (see :mod:`arte_edge.training.student`
-for folders keyed by what produced them); a killed run resumes from the last checkpoint. On CPU bf16 and gradient
-checkpointing are off (both are slower on this class of machine).
+for folders keyed by what produced them); a killed run resumes from the last checkpoint. Gradient checkpointing is
+off on CPU (slower there); bf16 mixed precision only where it is faster (``train.precision: auto``: CUDA with bf16,
+or a CPU with AMX-BF16), fp32 master weights either way.
 """
 
 from __future__ import annotations
@@ -74,19 +75,40 @@ def rows_per_process(n_rows: int) -> int:
     return math.ceil(n_rows / max(1, int(os.environ.get("WORLD_SIZE", "1"))))
 
 
+def resolve_precision(precision: str, cuda: bool | None = None, cpu_flags: frozenset[str] | None = None) -> str:
+    """``"bf16"`` or ``"fp32"`` for ``train.precision`` on this machine: ``auto`` is bf16 on a CUDA GPU with bf16
+    and on a CPU with AMX-BF16 (its tiles make bf16 matmuls several times faster than fp32), fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if cuda:
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if cpu_flags is None:
+        from arte_edge.llama_build import read_host_cpu
+
+        cpu_flags = read_host_cpu().flags
+    return "bf16" if "amx_bf16" in cpu_flags else "fp32"
+
+
 def sft_config(cfg: TrainConfig, output_dir: Path, seed: int, n_rows: int):
-    """TRL SFTConfig for this recipe (10% warm-up, then cosine); CPU-safe precision settings."""
+    """TRL SFTConfig for this recipe (10% warm-up, then cosine); precision from :func:`resolve_precision`."""
     import torch
     from trl import SFTConfig
 
     cuda = torch.cuda.is_available()
+    bf16 = resolve_precision(cfg.precision, cuda) == "bf16"
     return SFTConfig(
         output_dir=str(output_dir), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, lr_scheduler_type="cosine",
         warmup_steps=warmup_steps(rows_per_process(n_rows), cfg.batch_size, cfg.grad_accum, cfg.epochs),
         logging_steps=1,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
-        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False, activation_checkpointing=False,
+        bf16=bf16, fp16=False, activation_checkpointing=False,
         max_length=cfg.max_length, completion_only_loss=True, packing=False, report_to=[], seed=seed,
         dataloader_num_workers=0, use_cpu=not cuda, disable_tqdm=True, save_only_model=False,
     )
@@ -140,8 +162,15 @@ def train_adapter(base_dir: Path, examples: list[dict[str, Any]], out_dir: Path,
             "first_loss": history[0]["loss"] if history else None,
             "last_loss": history[-1]["loss"] if history else None,
             "runtime_s": round(result.metrics.get("train_runtime", 0.0), 1), "mode": cfg.mode,
+            "precision": resolve_precision(cfg.precision), "tokens": _trained_tokens(trainer.state.log_history),
             "world_size": trainer.accelerator.num_processes,
             "resumed_from": resume}
+
+
+def _trained_tokens(history: list[dict[str, Any]]) -> int | None:
+    """Tokens the run processed (TRL's running ``num_tokens`` at the last logged step), for tokens/s."""
+    counts = [h["num_tokens"] for h in history if "num_tokens" in h]
+    return int(float(counts[-1])) if counts else None
 
 
 def _progress_callback(advance):

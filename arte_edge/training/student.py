@@ -50,7 +50,10 @@ def model_identity(model_dir: Path) -> list[tuple[str, int]]:
 
 def training_key(base_dir: Path, examples: list[dict[str, Any]], cfg: TrainConfig, seed: int) -> str:
     """16 hex digits naming one training run: settings that shape learning, seed, examples, base model."""
+    from arte_edge.training.sft import resolve_precision
+
     settings = {k: v for k, v in cfg.model_dump().items() if k not in NOT_LEARNED}
+    settings["precision"] = resolve_precision(cfg.precision)  # auto differs between hosts: key what ran
     payload = json.dumps({"settings": settings, "seed": seed, "base": model_identity(base_dir),
                           "examples": [e.get("messages") for e in examples]}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -43,3 +43,28 @@ def test_latency_is_joined_only_when_the_bench_ran_the_scored_runtime(tmp_path) 
     rows = {r["name"]: r for r in artifact_rows(RunDir(tmp_path), summary, bench)}
     assert (rows["base"]["format"], rows["base"]["decode_tok_s"], rows["base"]["size_bytes"]) == ("gguf", None, None)
     assert (rows["other"]["format"], rows["other"]["decode_tok_s"]) == ("hf", 14.0)
+
+
+def test_bytes_per_param_uses_the_merged_students_parameter_count(tmp_path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from arte_edge.evaluation.report import artifact_rows, parameter_count
+    from arte_edge.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    assert parameter_count(run.merged_dir) is None  # not merged yet: the column stays empty
+    run.merged_dir.mkdir(parents=True, exist_ok=True)
+    save_file({"embed": np.zeros((100, 8), np.float32), "norm": np.zeros(8, np.float32)},
+              str(run.merged_dir / "model.safetensors"), metadata={"format": "pt"})
+    assert parameter_count(run.merged_dir) == 808
+    summary = {"q4": {"accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n_eval": 10, "format": "onnx", "quant": "int4"},
+               "other": {"accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n_eval": 10}}
+    bench = {"q4": {"format": "onnx", "quant": "int4", "size_bytes": 505, "summary": {}}}
+    rows = {r["name"]: r for r in artifact_rows(run, summary, bench)}
+    assert rows["q4"]["bytes_per_param"] == 0.625 and rows["other"]["bytes_per_param"] is None
+    report = {"run": "x", "task": "t", "method": "standard", "teacher": "T", "student": "S", "device": None,
+              "n_eval": 10, "artifacts": list(rows.values()), "variants": [], "recommendation": None,
+              "stage_seconds": {}}
+    text = render_markdown(report)
+    assert "| size MB | bytes/param |" in text and "| q4 | onnx | int4 | 0.0 | 0.625 |" in text

@@ -80,6 +80,12 @@ def test_int4_export_loads_in_genai_and_plain_onnxruntime(exports: dict[str, Onn
     assert art.verification["passed"] and art.verification["next_token"]["top1"] >= 0.80
     assert _nbits(art.model_path) == {4}
     assert art.size_bytes < exports["fp32"].size_bytes
+    # Tied embeddings: the LM head's 4-bit matrix is stored once and also serves the embedding lookup.
+    tensors = art.tensors
+    assert tensors["shared_embedding"] and tensors["embedding"]["op"] == "GatherBlockQuantized"
+    assert (tensors["lm_head"]["op"], tensors["lm_head"]["bits"], tensors["lm_head"]["dtype"]) == ("MatMulNBits", 4,
+                                                                                                   "UINT8")
+    assert read_manifest(art.path)["tensor_summary"] == tensors
     og.Model(str(art.path))
     session = ort.InferenceSession(str(art.model_path), providers=["CPUExecutionProvider"])
     from arte_edge.export.onnx_verify import full_sequence_logits
@@ -92,6 +98,9 @@ def test_int8_export_is_8bit_weight_only(exports: dict[str, OnnxArtifact]) -> No
     art = exports["int8"]
     assert art.verification["passed"] and art.verification["next_token"]["top1"] >= 0.95
     assert _nbits(art.model_path) == {8}
+    # GatherBlockQuantized is 4-bit only: int8 keeps a float embedding beside its 8-bit LM head.
+    assert (art.tensors["embedding"]["op"], art.tensors["embedding"]["dtype"]) == ("Gather", "FLOAT")
+    assert art.tensors["lm_head"]["bits"] == 8 and not art.tensors["shared_embedding"]
 
 
 def test_refuses_unknown_architecture(tiny_model_dir: Path, tmp_path: Path) -> None:
