@@ -58,6 +58,11 @@ _NOT_TEXT_DECODERS = frozenset({"WhisperForConditionalGeneration", "Phi3VForCaus
 # GGUF that carries output.weight) otherwise keeps a float table of vocab x hidden, e.g. 544 MB fp32 for
 # Qwen2.5-0.5B, more than every other weight together.
 DEFAULT_BUILDER_OPTIONS: dict[str, dict[str, str]] = {"int4": {"op_types_to_quantize": "MatMul/Gather"}}
+# ... and an LM head stored apart from the embedding (untied model, or shared_embeddings=false) at 8 bits, as
+# llama.cpp's Q4_K_M keeps output.weight at Q6_K (Q8_0 where the row length is no multiple of 256). A tied matrix
+# stays one shared 4-bit matrix: 0.18 writes a graph that does not load (dangling `lm_head.MatMul.weight_Q8G32`)
+# when it shares an 8-bit head with the embedding lookup.
+SEPARATE_HEAD_OPTIONS: dict[str, dict[str, str]] = {"int4": {"matmul_mixed_precision": "last_matmul:int8"}}
 _ARCH_PATTERN = re.compile(r"""config\.architectures\[0\]\s*==\s*["'](\w+)["']""")
 
 
@@ -145,7 +150,10 @@ def export_onnx(
 ) -> OnnxArtifact:
     """Build ``out_dir`` from the Hugging Face folder ``hf_dir`` at ``precision``, verified before it appears.
 
-    ``int8``/``int4`` are the builder's weight-only block quantization (MatMulNBits, block 32, symmetric);
+    ``int8``/``int4`` are the builder's weight-only block quantization (MatMulNBits, block 32, symmetric); int4
+    also quantizes the token embedding (4-bit GatherBlockQuantized, shared with the LM head when tied) and keeps
+    a separate LM head at 8 bits (see DEFAULT_BUILDER_OPTIONS, SEPARATE_HEAD_OPTIONS). The artifact's
+    ``tensors`` say how each weight is stored (``onnx_tensors.tensor_summary``).
     ``threads`` is written as the decoder's ``intra_op_num_threads`` (None: onnxruntime's default).
     ``builder_options`` are passed as the builder's ``--extra_options KEY=VALUE`` and replace
     ``DEFAULT_BUILDER_OPTIONS[precision]`` key by key.
@@ -187,12 +195,15 @@ def export_onnx(
 
 
 def _builder_options(precision: str, user: Mapping[str, str] | None, config: dict[str, Any]) -> dict[str, str]:
+    """The builder's --extra_options: the defaults of ``precision``, then the caller's, key by key."""
     options = {**DEFAULT_BUILDER_OPTIONS.get(precision, {}), **{k: str(v) for k, v in (user or {}).items()}}
     asymmetric = options.get("is_symmetric", "true").lower() in {"false", "0"}
     if asymmetric and config.get("tie_word_embeddings") and "shared_embeddings" not in options:
         # 0.18 writes a graph onnxruntime rejects (uint8 Reshape into a float Gather) for asymmetric
         # quantization with a shared embedding/LM-head matrix; untie them instead.
         options["shared_embeddings"] = "false"
+    if config.get("tie_word_embeddings") is False or options.get("shared_embeddings", "").lower() in {"false", "0"}:
+        options = {**SEPARATE_HEAD_OPTIONS.get(precision, {}), **options}
     return options
 
 

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("onnxruntime_genai")
 pytest.importorskip("onnx_ir")
 
-from arte_edge.export.onnx import read_manifest
+from arte_edge.export.onnx import _builder_options, read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +52,10 @@ def test_int4_quantizes_an_untied_embedding_and_verify_json_records_it(untied_mo
     assert verification["passed"], verification["failures"]
     tensors = verification["tensors"]
     embedding, lm_head = tensors["embedding"], tensors["lm_head"]
-    # The embedding table is a 4-bit GatherBlockQuantized lookup, not a float Gather (the builder's default).
+    # The embedding table is a 4-bit GatherBlockQuantized lookup, not a float Gather (the builder's default);
+    # the separate LM head is 8-bit (as Q4_K_M keeps output.weight at 6-8 bits).
     assert (embedding["op"], embedding["bits"], embedding["dtype"]) == ("GatherBlockQuantized", 4, "INT4")
-    assert (lm_head["op"], lm_head["bits"], lm_head["dtype"]) == ("MatMulNBits", 4, "UINT8")
+    assert (lm_head["op"], lm_head["bits"], lm_head["dtype"]) == ("MatMulNBits", 8, "UINT8")
     assert not tensors["shared_embedding"]
     assert embedding["shape"] == [49152, 64] and embedding["bytes"] == 49152 * 64 // 2
     assert sum(d["bytes"] for d in tensors["by_dtype"].values()) == tensors["total_bytes"]
@@ -65,3 +66,15 @@ def test_int4_quantizes_an_untied_embedding_and_verify_json_records_it(untied_mo
     assert manifest["tensor_summary"] == tensors
     assert len(manifest["tensors"]) == tensors["n_tensors"]
     assert sum(t["bytes"] for t in manifest["tensors"]) == tensors["total_bytes"]
+
+
+def test_int4_builder_options_quantize_the_embedding_and_keep_a_separate_head_at_8_bits() -> None:
+    gather = {"op_types_to_quantize": "MatMul/Gather"}
+    head8 = {"matmul_mixed_precision": "last_matmul:int8"}
+    assert _builder_options("int4", None, {"tie_word_embeddings": True}) == gather  # builder shares one 4-bit matrix
+    assert _builder_options("int4", None, {"tie_word_embeddings": False}) == {**head8, **gather}
+    assert _builder_options("int4", {"matmul_mixed_precision": "last_matmul:int4"}, {"tie_word_embeddings": False}) \
+        == {"matmul_mixed_precision": "last_matmul:int4", **gather}
+    asymmetric = _builder_options("int4", {"is_symmetric": "false"}, {"tie_word_embeddings": True})
+    assert asymmetric == {**head8, **gather, "is_symmetric": "false", "shared_embeddings": "false"}
+    assert _builder_options("int8", None, {"tie_word_embeddings": False}) == {}  # Gather has no 8-bit form
