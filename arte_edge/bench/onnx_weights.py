@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from arte_edge.errors import ArteError
+from arte_edge.models.onnx_file import initializer_bytes, load_graph
 
 ROW_PRESERVING = frozenset({"Identity", "Cast", "Reshape"})  # followed through (input 0) to the real consumer
 # (domain, op) -> (inputs read by row, the attribute naming the row axis, which must be 0; None: always rows)
@@ -31,7 +31,6 @@ ROW_LOOKUPS: dict[tuple[str, str], tuple[tuple[int, ...], str | None]] = {
     ("com.microsoft", "RotaryEmbedding"): ((2, 3), None),
     ("", "RotaryEmbedding"): ((1, 2), None),
 }
-_FOUR_BIT = {"INT4", "UINT4", "FLOAT4E2M1"}
 
 
 @dataclass(frozen=True)
@@ -49,13 +48,7 @@ class OnnxWeights:
 
 def onnx_weights(model_path: Path) -> OnnxWeights:
     """Sum the initializers of ``model_path`` (external data included) and the bytes one decode token reads."""
-    import onnx
-
-    try:
-        model = onnx.load(str(model_path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError, OSError, ...: a damaged or truncated file
-        raise ArteError(f"{model_path}: unreadable ONNX ({type(exc).__name__}: {exc}); re-export it") from exc
-    return weights_of_graph(model.graph)
+    return weights_of_graph(load_graph(model_path))
 
 
 def weights_of_graph(graph: Any) -> OnnxWeights:
@@ -67,27 +60,6 @@ def weights_of_graph(graph: Any) -> OnnxWeights:
     read = sum(-(-sizes[name] // gathered[name]) if name in gathered else size for name, size in sizes.items())
     return OnnxWeights(total_bytes=sum(sizes.values()), read_bytes=read, gathered=gathered,
                        n_initializers=len(tensors))
-
-
-def initializer_bytes(tensor: Any) -> int:
-    """Stored bytes of one ``TensorProto``: its external-data ``length``, else its inline bytes, else dims × size."""
-    from onnx import TensorProto
-
-    external = {e.key: e.value for e in tensor.external_data}
-    if tensor.data_location == TensorProto.EXTERNAL and "length" in external:
-        return int(external["length"])
-    if tensor.raw_data:
-        return len(tensor.raw_data)
-    n = 1
-    for d in tensor.dims:
-        n *= int(d)
-    if tensor.data_type == TensorProto.STRING:
-        return sum(len(s) for s in tensor.string_data)
-    if TensorProto.DataType.Name(tensor.data_type) in _FOUR_BIT:
-        return (n + 1) // 2  # two 4-bit values per byte
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    return n * tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def gathered_initializers(graph: Any) -> dict[str, int]:

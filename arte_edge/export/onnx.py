@@ -210,7 +210,8 @@ def _builder_options(precision: str, user: Mapping[str, str] | None, config: dic
 def _record_tensors(folder: Path, precision: str, say: Progress) -> dict[str, Any]:
     """Every initializer (for the manifest) and their summary (for verify.json); says when an int4 export
     left its embedding or LM head in float."""
-    from arte_edge.export.onnx_tensors import load_graph, summarize, tensor_rows
+    from arte_edge.export.onnx_tensors import summarize, tensor_rows
+    from arte_edge.models.onnx_file import load_graph
 
     graph = load_graph(folder / MODEL_FILE)
     rows = tensor_rows(graph)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from arte_edge.errors import ArteError
+from arte_edge.models.onnx_file import initializer_bytes, load_graph
 
 LARGEST = 10  # tensors listed one by one in the summary
 _PASS_THROUGH = frozenset({"Reshape", "Transpose", "Cast", "Identity", "Slice", "Add", "Squeeze", "Unsqueeze"})
@@ -63,41 +63,11 @@ def summarize(graph: Any, rows: list[dict[str, Any]], *, largest: int = LARGEST)
     }
 
 
-def load_graph(model_path: str | Path) -> Any:
-    """The ``onnx.GraphProto`` of ``model_path`` without its external weights (ArteError when unreadable)."""
-    import onnx
-
-    try:
-        return onnx.load(str(model_path), load_external_data=False).graph
-    except Exception as exc:  # protobuf DecodeError, OSError: a damaged or missing file
-        raise ArteError(f"{model_path}: unreadable ONNX ({type(exc).__name__}: {exc})") from exc
-
-
 def _tensor_row(tensor: Any) -> dict[str, Any]:
     from onnx import TensorProto
 
     return {"name": tensor.name, "dtype": TensorProto.DataType.Name(tensor.data_type),
-            "shape": [int(d) for d in tensor.dims], "bytes": _stored_bytes(tensor)}
-
-
-def _stored_bytes(tensor: Any) -> int:
-    from onnx import TensorProto
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    external = {e.key: e.value for e in tensor.external_data}
-    if tensor.data_location == TensorProto.EXTERNAL and "length" in external:
-        return int(external["length"])
-    if tensor.raw_data:
-        return len(tensor.raw_data)
-    n = 1
-    for d in tensor.dims:
-        n *= int(d)
-    name = TensorProto.DataType.Name(tensor.data_type)
-    if name in {"INT4", "UINT4", "FLOAT4E2M1"}:
-        return (n + 1) // 2
-    if name == "STRING":
-        return sum(len(s) for s in tensor.string_data)
-    return n * tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            "shape": [int(d) for d in tensor.dims], "bytes": initializer_bytes(tensor)}
 
 
 def _embedding_node(graph: Any) -> Any | None:
