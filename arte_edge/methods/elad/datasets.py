@@ -25,8 +25,12 @@ def _setup_text(ctx: RunContext, env: LoopEnv) -> str:
     checker = ("the task's checker against the gold answer (the pool stays unlabelled for selection; only the "
                "revision check sees gold)" if env.annotator.checker == "gold"
                else f"teacher self-consistency ({cfg.consistency_samples} independent answers, majority must agree)")
-    val = (f"validation = the `preference` split (n={len(env.val_items)})" if env.val_items
-           else "validation split empty: the rule watches held-out accuracy (biases the last point)")
+    if cfg.stop_metric == "none":
+        val = "every strategy runs all its rounds (nothing is watched)"
+    elif cfg.stop_metric == "eval":
+        val = "the rule watches held-out accuracy (biases the last point)"
+    else:
+        val = f"the rule watches the validation split (the `preference` split, n={len(env.val_items)})"
     cand = cfg.candidates_per_round or "all remaining"
     runtime = "in fp32 (torch)"
     if cfg.student_quant and cfg.device_faithful_eval:
@@ -44,7 +48,7 @@ def _setup_text(ctx: RunContext, env: LoopEnv) -> str:
             f"failures and still-wrong revisions are counted and dropped. The student is re-trained from the base "
             f"each round on all data kept so far; it runs {runtime}. Held-out n = {len(env.eval_items)}, accuracy "
             "with 95% Wilson "
-            f"interval. Stopping: {cfg.stop_metric}, patience {cfg.patience}, min Δ {cfg.min_delta_pt} pt; {val}.")
+            f"interval. Stopping rule: {cfg.stop_metric}, patience {cfg.patience}, min Δ {cfg.min_delta_pt} pt: {val}.")
 
 
 def write_outputs(ctx: RunContext, env: LoopEnv, strategies: Sequence[Strategy],
