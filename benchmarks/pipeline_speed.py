@@ -15,9 +15,9 @@ Stage measured so far (issue 16, item 4):
 
 - ``train``: the demo recipe's LoRA training of its student on the demo's examples (``runs/demo/data/
   examples.jsonl`` when a demo ran, else ``--n-train`` train-pool questions with their gold answer as a short
-  target). *old*: fp32 (the path before ``train.precision``); *new*: ``train.precision: auto`` (bf16 mixed
-  precision where the CPU has AMX-BF16, else fp32 again: then the two paths are the same). Reported: median
-  tokens/s, the loss at every logged step of both (max absolute difference), the resolved precision.
+  target). *old*: fp32 (``train.precision: auto`` on CPU); *new*: ``train.precision: bf16`` (autocast; the
+  candidate for CPUs with AMX-BF16). Reported: median tokens/s, the loss at every logged step of both (max
+  absolute difference), the precision each ran in.
 
 The evaluation stage is not measured by this script yet.
 
@@ -137,7 +137,7 @@ def run_train(recipe: Any, examples: list[dict[str, Any]], precision: str, work:
 
 
 def measure_train(args: argparse.Namespace) -> dict[str, Any]:
-    """Training old (fp32) vs new (precision auto), alternating; tokens/s medians and the loss curves."""
+    """Training old (fp32) vs new (bf16 autocast), alternating; tokens/s medians and the loss curves."""
     import tempfile
 
     recipe, task, _, _ = demo_jobs(1)
@@ -146,7 +146,7 @@ def measure_train(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="arte-train-bench-") as tmp:
         for rep in range(args.reps):
             for name in (("old", "new") if rep % 2 == 0 else ("new", "old")):
-                runs[name].append(run_train(recipe, examples, "fp32" if name == "old" else "auto",
+                runs[name].append(run_train(recipe, examples, "fp32" if name == "old" else "bf16",
                                             Path(tmp) / name))
                 print(f"train rep {rep + 1} {name}: {runs[name][-1]['tokens_per_s']:.0f} tok/s",
                       file=sys.stderr, flush=True)
