@@ -38,6 +38,16 @@ def mcnemar_p(a: Sequence[bool], b: Sequence[bool]) -> float:
     return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
+def mcnemar_worse_p(only_a: int, only_b: int) -> float:
+    """Exact one-sided McNemar p that system ``a`` is worse than ``b``: P(X ≥ only_b), X ~ Bin(only_a + only_b, 1/2),
+    from the discordant counts (``only_a``: items only ``a`` got right; ``only_b``: only ``b``)."""
+    from scipy.stats import binomtest
+
+    if only_a + only_b == 0:
+        return 1.0
+    return float(binomtest(only_b, only_a + only_b, 0.5, alternative="greater").pvalue)
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values (family-wise error control), in the input order."""
     m = len(pvalues)

@@ -27,6 +27,7 @@ from arte_edge.config import ReportConfig
 from arte_edge.evaluation.baselines import FORMAT_ONLY
 from arte_edge.evaluation.comparisons import compare_arms, item_flags
 from arte_edge.rundir import RunDir, atomic_write_json, atomic_write_text
+from arte_edge.stats import mcnemar_worse_p
 
 LATENCY_KEYS = ("decode_tok_s", "prompt_tok_s", "ttft_ms_p50", "ttft_ms_p90", "tpot_ms_p50", "tpot_ms_p90",
                 "peak_rss_bytes")
@@ -162,7 +163,7 @@ def accuracy_gate(acc: dict[str, Any], merged: dict[str, Any], items: dict[str, 
     shared = [i for i in merged_items if i in items]
     only_artifact = sum(1 for i in shared if items[i] and not merged_items[i])
     only_merged = sum(1 for i in shared if merged_items[i] and not items[i])
-    p_worse = _mcnemar_worse_p(only_artifact, only_merged) if shared else None
+    p_worse = mcnemar_worse_p(only_artifact, only_merged) if shared else None
     notes = []
     if not applied:
         notes.append(f"relative gate not applied: n = {n} < {min_items} items (paired test only)")
@@ -175,18 +176,6 @@ def accuracy_gate(acc: dict[str, Any], merged: dict[str, Any], items: dict[str, 
             "n_paired": len(shared), "only_artifact": only_artifact, "only_merged": only_merged,
             "p_worse": p_worse,
             "worse": p_worse is not None and p_worse < alpha, "note": "; ".join(notes) or None}
-
-
-def _mcnemar_worse_p(only_artifact: int, only_merged: int) -> float:
-    """Exact one-sided McNemar p that the artifact is worse: P(X ≥ only_merged), X ~ Bin(discordant, 1/2).
-
-    (Half of :func:`arte_edge.stats.mcnemar_p` when ``only_merged > only_artifact``; that one is two-sided.)"""
-    from scipy.stats import binomtest
-
-    discordant = only_artifact + only_merged
-    if discordant == 0:
-        return 1.0
-    return float(binomtest(only_merged, discordant, 0.5, alternative="greater").pvalue)
 
 
 def _baselines(run: RunDir) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from arte_edge.config import ReportConfig
-from arte_edge.evaluation.report import _mcnemar_worse_p, accuracy_gate, artifact_rows, recommend, write_report
+from arte_edge.evaluation.report import accuracy_gate, artifact_rows, recommend, write_report
 from arte_edge.rundir import RunDir, atomic_write_json
-from arte_edge.stats import accuracy_summary, mcnemar_p
+from arte_edge.stats import accuracy_summary, mcnemar_p, mcnemar_worse_p
 
 
 def _pair(n: int, both: int, only_merged: int, only_artifact: int) -> tuple[list[bool], list[bool]]:
@@ -102,8 +102,8 @@ def test_export_scored_once_as_merged_passes_the_paired_test(tmp_path: Path) -> 
 
 def test_one_sided_p_is_half_the_two_sided_mcnemar_when_worse() -> None:
     merged, art = _pair(200, 50, 14, 5)
-    assert _mcnemar_worse_p(5, 14) == pytest.approx(mcnemar_p(art, merged) / 2)
-    assert _mcnemar_worse_p(14, 5) > 0.5 and _mcnemar_worse_p(0, 0) == 1.0
+    assert mcnemar_worse_p(5, 14) == pytest.approx(mcnemar_p(art, merged) / 2)
+    assert mcnemar_worse_p(14, 5) > 0.5 and mcnemar_worse_p(0, 0) == 1.0
 
 
 def test_gate_without_per_item_rows_uses_the_relative_check_only() -> None:
