@@ -106,17 +106,39 @@ def export_cmd(
     name: Annotated[str | None, typer.Option(help="File name stem (default: the model folder's name).")] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip verification against the HF model.")] = False,
     threads: Annotated[int, typer.Option(help="CPU threads for verification and ONNX sessions.")] = 2,
+    calibration: Annotated[Path | None, typer.Option(
+        help="Conversations (JSONL with a `messages` list per line, e.g. a run's data/examples.jsonl) or a text "
+             "file: the importance matrix of the <= 5-bit GGUF types and the gguf:auto mix are calibrated on it "
+             "(kept as <name>.imatrix.gguf).")] = None,
+    compare_imatrix: Annotated[bool, typer.Option(
+        "--compare-imatrix", help="With --calibration, also export each <= 5-bit type without the importance "
+        "matrix (<name>-plain.<type>.gguf) to compare.")] = False,
+    max_size_mb: Annotated[float | None, typer.Option(help="gguf:auto: largest file size in MB.")] = None,
+    max_kl: Annotated[float | None, typer.Option(help="gguf:auto: largest KL vs the HF model (nats/position).")]
+    = None,
 ) -> None:
-    """Export a model to verified GGUF/ONNX artifacts (each checked against the HF model before it is kept)."""
+    """Export a model to verified GGUF/ONNX artifacts (each checked against the HF model before it is kept).
+
+    Example: arte-edge export runs/demo/student/merged --format gguf:q4_k_m,gguf:auto,onnx:int4
+    --calibration runs/demo/data/examples.jsonl --max-size-mb 100
+    """
     from arte_edge import models
-    from arte_edge.export.targets import export_targets, requested_formats, verification_rows
+    from arte_edge.export.mix import AutoMixBudget
+    from arte_edge.export.targets import calibration_file_texts, export_targets, requested_formats, verification_rows
     from arte_edge.rundir import atomic_write_json
 
     wanted = requested_formats([f for f in formats.split(",") if f.strip()], preset)
+    auto = None
+    if ("gguf", "auto") in wanted:
+        if max_size_mb is None and max_kl is None:
+            raise ArteError("--format gguf:auto needs a budget: --max-size-mb and/or --max-kl")
+        auto = AutoMixBudget(max_size_mb=max_size_mb, max_kl=max_kl)
     hf_dir = models.hf_folder(model)
+    texts = calibration_file_texts(calibration, hf_dir) if calibration else None
     out.mkdir(parents=True, exist_ok=True)
     made = export_targets(hf_dir, out, wanted, name or Path(hf_dir).name, verify=not no_verify, threads=threads,
-                          onnx_threads=threads, progress=typer.echo)
+                          onnx_threads=threads, progress=typer.echo, calibration_texts=texts,
+                          compare_imatrix=compare_imatrix, auto=auto)
     atomic_write_json(out / "verify.json", verification_rows(made))
     typer.echo(f"wrote {len(made)} artifact(s) to {out} (verification: {out / 'verify.json'})")
 

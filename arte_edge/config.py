@@ -102,16 +102,58 @@ class TrainConfig(Section):
         "autocast. The resolved precision is recorded in training.json and keys the checkpoints.")
 
 
+class AutoMixConfig(Section):
+    """A GGUF whose per-tensor types are chosen to a budget (artifact `gguf-auto`, format `gguf:auto`): each
+    group of tensors (one kind over `layers_per_unit` layers) is measured at 4, 5, 6 and 8 bits on the run's
+    training texts (KL against the merged model), then the least-KL mix within the budget is written by
+    llama.cpp's quantizer with the run's importance matrix. Give at least one budget; the tightest rules."""
+
+    max_size_mb: float | None = Field(None, gt=0, description="Largest file size in MB (1e6 bytes).")
+    min_decode_tok_s: float | None = Field(
+        None, gt=0, description="Slowest acceptable batch-1 decode on `device`: turned into a limit on weight "
+        "bytes read per token (the device's memory bandwidth / this), the roofline bound that the bench checks.")
+    device: str | None = Field(None, description="Device profile for min_decode_tok_s (default: bench.device).")
+    max_kl: float | None = Field(
+        None, gt=0, description="Largest mean KL(merged || mix) in nats per position on the verification texts. "
+        "Alone: the smallest mix that reaches it. With a byte budget: checked, and the export fails if missed.")
+    layers_per_unit: int = Field(8, ge=1, description="Layers per tensor group (fewer: finer mix, slower to measure).")
+    calibration_tokens: int = Field(256, ge=32, description="Training-text tokens each sensitivity is measured on.")
+
+    @model_validator(mode="after")
+    def _needs_budget(self) -> AutoMixConfig:
+        if self.max_size_mb is None and self.min_decode_tok_s is None and self.max_kl is None:
+            raise ValueError("give a budget: max_size_mb, min_decode_tok_s or max_kl")
+        return self
+
+
 class ExportConfig(Section):
     """Artifacts to ship (stage `export`)."""
 
     formats: list[str] = Field(default_factory=lambda: ["gguf:q8_0"],
-                               description="Format specs, e.g. gguf:f16, gguf:q8_0, gguf:q4_k_m, onnx:int4.")
+                               description="Format specs, e.g. gguf:f16, gguf:q8_0, gguf:q4_k_m, gguf:auto, "
+                               "onnx:int4.")
     preset: str | None = Field(None, description="Name or path of an export preset (export/*.yaml); "
                                "its formats are added to `formats`.")
     verify: bool = Field(True, description="Verify each artifact against the merged model before calling it done.")
+    imatrix: Literal["run", "none"] = Field(
+        "run", description="Importance matrix for GGUF types of 5 bits or fewer (and gguf:auto): run = computed "
+        "from the run's own training conversations (data/examples.jsonl) and kept as artifacts/<name>.imatrix.gguf; "
+        "none = plain quantization.")
+    compare_imatrix: bool = Field(
+        True, description="With imatrix: run, also export each such type without it (artifact `<name>-plain`), "
+        "verified, evaluated and benched like the others, so the report shows what the importance matrix bought.")
+    auto: AutoMixConfig | None = Field(None, description="Budget of the gguf:auto artifact (required with it).")
 
     _known_formats = field_validator("formats")(check_formats)
+
+    @model_validator(mode="after")
+    def _auto_needs_budget(self) -> ExportConfig:
+        listed = "gguf:auto" in self.formats
+        if listed and self.auto is None:
+            raise ValueError("gguf:auto needs a budget: add export.auto with max_size_mb, min_decode_tok_s or max_kl")
+        if self.auto is not None and not listed:
+            raise ValueError("export.auto is set but export.formats has no gguf:auto; add it to formats")
+        return self
 
 
 class EvaluateConfig(Section):

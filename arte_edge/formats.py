@@ -78,9 +78,21 @@ GGUF_TYPES: dict[str, GGUFType] = {
     "Q4_1": _q("Q4_1", "Q4_1", 5.0, 0.70, 0.5),
     "Q3_K_M": _q("Q3_K_M", "Q3_K", 3.9, 0.60, 1.0),
     "Q2_K": _q("Q2_K", "Q2_K", 3.4, 0.45, 2.0),
+    # A per-tensor mix chosen to a budget (export.auto, export/mix_plan.py): its cheapest level is 4-bit, so it
+    # is held to the 4-bit floors; the file's general.file_type says "guessed" (llama.cpp's word for a mix).
+    "AUTO": GGUFType("LLAMA_FTYPE_GUESSED", "mixed", 6.0, Thresholds(False, 0.70, 0.5)),
 }
+# Types made by llama.cpp's quantizer from per-tensor overrides instead of one of its own ftypes.
+MIXED_TYPES: frozenset[str] = frozenset({"AUTO"})
+# Types quantized with the run's importance matrix (export.imatrix): 5 bits or fewer, where it measurably lowers
+# KL (formats table above: Q4_K_M 0.056 -> 0.032, Q5_K_M 0.075 -> 0.007); 6-bit and up are left plain.
+IMATRIX_TYPES: frozenset[str] = frozenset(
+    name for name, t in GGUF_TYPES.items() if t.base_type[:2] in {"Q2", "Q3", "Q4", "Q5"}) | MIXED_TYPES
 # The GGUF types llama.cpp's converter writes itself (no C quantizer pass), by their converter name.
 CONVERTER_OUTTYPES: dict[str, str] = {"F32": "f32", "F16": "f16", "BF16": "bf16", "Q8_0": "q8_0"}
+
+# Name suffix of an artifact quantized without the run's importance matrix: the comparison arm of export.imatrix.
+PLAIN_SUFFIX = "-plain"
 
 OnnxPrecision = Literal["fp32", "int8", "int4"]
 # Calibrated on SmolLM2-135M-Instruct (docs/onnx.md), 7 held-out texts, 479 positions. Measured:

@@ -61,17 +61,23 @@ def tools_dir(version: str = LLAMA_CPP_PYTHON) -> Path:
 
 def llama_bench_binary(version: str = LLAMA_CPP_PYTHON, jobs: int = 2) -> Path:
     """The cached llama-bench of llama-cpp-python ``version``'s vendored llama.cpp, built on first use."""
+    return llama_tool_binary("llama-bench", version, jobs)
+
+
+def llama_tool_binary(target: str, version: str = LLAMA_CPP_PYTHON, jobs: int = 2) -> Path:
+    """The cached llama.cpp tool ``target`` (``llama-bench``, ``llama-perplexity``, ...) of llama-cpp-python
+    ``version``'s vendored llama.cpp, built on first use in the shared tools build folder."""
     root = tools_dir(version)
-    binary = root / "build" / "bin" / "llama-bench"
+    binary = root / "build" / "bin" / target
     if binary.is_file():
         return binary
     source = _sdist_source(root, version)
     if shutil.which("cmake") is None or shutil.which("ninja") is None:
-        raise SystemExit("building llama-bench needs cmake and ninja: apt-get install -y cmake ninja-build g++")
-    log(f"building llama-bench in {root / 'build'} (several minutes on 2 cores)")
+        raise SystemExit(f"building {target} needs cmake and ninja: apt-get install -y cmake ninja-build g++")
+    log(f"building {target} in {root / 'build'} (several minutes on 2 cores)")
     subprocess.run(["cmake", "-S", str(source / "vendor" / "llama.cpp"), "-B", str(root / "build"), *CMAKE_FLAGS],
                    check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["ninja", "-C", str(root / "build"), f"-j{jobs}", "llama-bench"], check=True)
+    subprocess.run(["ninja", "-C", str(root / "build"), f"-j{jobs}", target], check=True)
     return binary
 
 

@@ -135,3 +135,22 @@ def test_method_sections_belong_to_their_method(tmp_path: Path) -> None:
     assert "method_x: unknown key" in problems
     with pytest.raises(ConfigError, match="method: unknown method 'artee'"):
         load_recipe(write(tmp_path, MINIMAL + "method: artee\n"))
+
+
+@pytest.mark.parametrize(("export", "message"), [
+    ("{formats: [gguf:auto]}", "gguf:auto needs a budget"),
+    ("{formats: [gguf:q4_k_m], auto: {max_size_mb: 90}}", "export.auto is set but export.formats has no gguf:auto"),
+    ("{formats: [gguf:auto], auto: {layers_per_unit: 4}}", "give a budget: max_size_mb, min_decode_tok_s or max_kl"),
+    ("{formats: [gguf:auto], auto: {max_size_mb: -1}}", "export.auto.max_size_mb"),
+    ("{imatrix: always}", "export.imatrix"),
+])
+def test_export_auto_and_imatrix_are_checked(tmp_path: Path, export: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(write(tmp_path, MINIMAL + f"export: {export}\n"))
+
+
+def test_export_defaults_calibrate_with_the_runs_data_and_compare(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, MINIMAL + "export: {formats: [gguf:auto], auto: {max_kl: 0.05}}\n"))
+    assert recipe.export.imatrix == "run" and recipe.export.compare_imatrix
+    auto = recipe.export.auto
+    assert auto is not None and auto.max_kl == 0.05 and auto.max_size_mb is None

@@ -284,6 +284,7 @@ def write_report(run: RunDir, max_drop_pt: float = 1.0, standard_arm: str | None
     standard distillation, the reference of the arm comparisons (else the untrained student).
     ``min_relative_accuracy``/``gate_min_items``: the accuracy gate (default: the run's recipe ``report``
     section, else :class:`arte_edge.config.ReportConfig`'s defaults)."""
+    from arte_edge.evaluation.quantization import auto_mix_row, imatrix_pairs
     from arte_edge.evaluation.report_markdown import render_markdown
 
     manifest = run.read_manifest()
@@ -306,6 +307,8 @@ def write_report(run: RunDir, max_drop_pt: float = 1.0, standard_arm: str | None
         "comparisons": compare_arms(run, [{"label": v["method"], "artifact": v["artifact"],
                                             "teacher_calls": v["teacher_calls"]} for v in variants], reference),
         "stage_seconds": {k: v.get("seconds") for k, v in manifest.get("stages", {}).items() if k != "report"},
+        "imatrix": imatrix_pairs(run, eval_summary),
+        "auto_mix": auto_mix_row(run, eval_summary),
     }
     from arte_edge.evaluation.pareto import pareto_front, plot_pareto
 

@@ -20,9 +20,10 @@ from typing import Any
 from arte_edge.errors import ArteError
 from arte_edge.export.converter import Progress, convert_to_gguf
 from arte_edge.export.imatrix import compute_imatrix
+from arte_edge.export.mix import AutoMixBudget
 from arte_edge.export.modelfile import write_modelfile
 from arte_edge.export.quantize import QuantResult, quant_result, quantize_gguf
-from arte_edge.formats import GGUF_TYPES, normalize_qtype
+from arte_edge.formats import GGUF_TYPES, IMATRIX_TYPES, normalize_qtype
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ def export_gguf(
     allow_no_chat_template: bool = False,
     threads: int | None = None,
     on_artifact: Callable[[GGUFArtifact], None] | None = None,
+    auto: AutoMixBudget | None = None,
+    keep_imatrix: Path | None = None,
 ) -> list[GGUFArtifact]:
     """Export ``hf_dir`` as one GGUF per entry of ``quants`` into ``out_dir``, each with an Ollama Modelfile.
 
@@ -101,7 +104,9 @@ def export_gguf(
     ``verify=False`` skips it), and only then renamed to ``<name>.<qtype>.gguf``. A verification failure
     raises VerificationError and leaves the file as ``<name>.<qtype>.unverified.gguf`` for inspection.
     ``thresholds`` overrides verification thresholds per type (``{"Q4_K_M": {"min_top1": 0.9}}``).
-    ``imatrix_texts``: compute an importance matrix on these texts and use it for the quants.
+    ``imatrix_texts``: compute an importance matrix on these texts and use it for the types of 5 bits or fewer
+    (``formats.IMATRIX_TYPES``); ``keep_imatrix``: where to keep that matrix (default: deleted after).
+    ``auto``: the budget of the AUTO type (a per-tensor mix, mix.py), calibrated on ``imatrix_texts``.
     ``on_artifact`` is called with each finished artifact (so a caller can record it before the next one).
     ``threads``: quantizer threads (default: cores, up to 8) and verification/imatrix threads (default 1).
     """
@@ -119,8 +124,10 @@ def export_gguf(
     reference: list[Any] = []  # the HF model's outputs, computed at the first verification and reused
     try:
         convert_to_gguf(hf_dir, f16, "f16", say, allow_no_chat_template=allow_no_chat_template)
-        if imatrix_texts:
-            imatrix_path = out_dir / f".{name}.imatrix.gguf"
+        if "AUTO" in names and auto is None:
+            raise ArteError("gguf:auto needs a budget (export.auto: max_size_mb, min_decode_tok_s or max_kl)")
+        if imatrix_texts and IMATRIX_TYPES & set(names):
+            imatrix_path = keep_imatrix or out_dir / f".{name}.imatrix.gguf"
             compute_imatrix(f16, imatrix_texts, imatrix_path, threads=threads, progress=say)
         # F16 last: it is the source of the others and is then moved, not copied
         for qtype in sorted(names, key=lambda q: q == "F16"):
@@ -129,13 +136,20 @@ def export_gguf(
             if qtype == "F16":
                 os.replace(f16, work)
                 result = quant_result(work, "F16", "", 0.0, None)
+            elif qtype == "AUTO":
+                result, mix = _auto_mix(hf_dir, f16, work, final, auto, imatrix_texts, imatrix_path, say, reference,
+                                        prompts, texts, threads, verify)
             else:
                 say(f"quantizing {name} to {qtype}")
-                result = quantize_gguf(f16, work, qtype, imatrix_path, threads=threads)
+                result = quantize_gguf(f16, work, qtype, imatrix_path if qtype in IMATRIX_TYPES else None,
+                                       threads=threads)
                 say(f"{qtype}: {result.size_bytes / 1e6:.1f} MB, {result.bits_per_weight:.2f} bpw, "
                     f"{result.n_fallback}/{result.n_tensors} tensors fell back")
             report = None
-            if verify:
+            if qtype == "AUTO":
+                report = mix.pop("verification")
+                result = replace(result, source={**result.source, "mix": mix})
+            elif verify:
                 limits = {k.upper(): v for k, v in (thresholds or {}).items()}.get(qtype)
                 report = _verify_artifact(hf_dir, work, final, qtype, limits, say, reference, prompts, texts,
                                           threads)
@@ -152,7 +166,7 @@ def export_gguf(
             say(f"wrote {final.name} ({final.stat().st_size / 1e6:.1f} MB)")
     finally:
         f16.unlink(missing_ok=True)
-        if imatrix_path is not None:
+        if imatrix_path is not None and imatrix_path != keep_imatrix:
             imatrix_path.unlink(missing_ok=True)
         for leftover in out_dir.glob(f".{name}.*.work.gguf"):
             leftover.unlink(missing_ok=True)
@@ -161,7 +175,7 @@ def export_gguf(
 
 def _verify_artifact(hf_dir: Path, work: Path, final: Path, qtype: str, thresholds: dict[str, Any] | None,
                      say: Progress, reference: list[Any], prompts: Any, texts: Any,
-                     threads: int | None) -> dict[str, Any]:
+                     threads: int | None, raise_on_failure: bool = True) -> dict[str, Any]:
     from arte_edge.export.errors import VerificationError
     from arte_edge.export.reference import hf_reference
     from arte_edge.export.verify import verify_gguf
@@ -173,10 +187,47 @@ def _verify_artifact(hf_dir: Path, work: Path, final: Path, qtype: str, threshol
     say(f"verifying {final.name} against {hf_dir.name} (tokenizer, greedy, next-token KL)")
     try:
         return verify_gguf(hf_dir, work, exact=GGUF_TYPES[qtype].thresholds.exact_greedy, qtype=qtype, label=final.name,
-                           thresholds=thresholds, reference=reference[0], threads=threads)
+                           thresholds=thresholds, reference=reference[0], threads=threads,
+                           raise_on_failure=raise_on_failure)
     except VerificationError:
         os.replace(work, final.with_name(final.name.removesuffix(".gguf") + ".unverified.gguf"))
         raise
+
+
+def _auto_mix(hf_dir: Path, f16: Path, work: Path, final: Path, budget: AutoMixBudget, texts_calib: Any,
+              imatrix: Path | None, say: Progress, reference: list[Any], prompts: Any, texts: Any,
+              threads: int | None, verify: bool) -> tuple[QuantResult, dict[str, Any]]:
+    """Build the auto mix and verify it; with only ``max_kl``, replan (at most 3 times) with a lower KL target
+    until the verified KL meets it (the planner predicts KL on calibration text, the check is on held-out text)."""
+    from arte_edge.export.mix import build_auto_mix, mix_record
+    from arte_edge.export.reference import DEFAULT_TEXTS
+
+    calib = list(texts_calib or DEFAULT_TEXTS)
+    if not texts_calib:
+        say("auto mix: no calibration texts given; measuring on the generic verification texts")
+    sens, target, report = None, budget.max_kl, None
+    for attempt in range(3):
+        result, plan, sens = build_auto_mix(f16, hf_dir, work, budget, calib, imatrix=imatrix, threads=threads or 2,
+                                            progress=say, sensitivity=sens, kl_target=target)
+        limits = {"max_kl": budget.max_kl} if budget.max_kl is not None else None
+        report = (_verify_artifact(hf_dir, work, final, "AUTO", limits, say, reference, prompts, texts, threads,
+                                   raise_on_failure=False) if verify else None)
+        measured = report["next_token"]["kl_mean"] if report else None
+        only_kl = budget.max_kl is not None and not (budget.max_size_mb or budget.max_read_bytes)
+        if report is None or report["passed"] or not only_kl or attempt == 2 or not measured:
+            break
+        target = plan.predicted_kl * budget.max_kl / measured * 0.9
+        say(f"auto mix: measured KL {measured:.4f} > max_kl {budget.max_kl:g}; replanning for {target:.4f}")
+    if report is not None and not report["passed"]:
+        from arte_edge.export.errors import VerificationError
+
+        os.replace(work, final.with_name(final.name.removesuffix(".gguf") + ".unverified.gguf"))
+        err = VerificationError(f"{final.name}: GGUF verification failed (AUTO, {budget.describe()}): "
+                                f"{report['failures'][0]}")
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+    record = mix_record(plan, sens, budget, report["next_token"]["kl_mean"] if report else None)
+    return result, {**record, "verification": report}
 
 
 def _moved(result: QuantResult, path: Path) -> QuantResult:

@@ -15,7 +15,7 @@ from typing import Any
 from arte_edge.errors import ArteError
 from arte_edge.export.imatrix import imatrix_entries
 from arte_edge.export.llama_log import capture_llama_log, last_error
-from arte_edge.formats import GGUF_TYPES, llama_ftype, normalize_qtype
+from arte_edge.formats import GGUF_TYPES, MIXED_TYPES, llama_ftype, normalize_qtype
 from arte_edge.models.gguf_file import read_header, tensor_nbytes
 from arte_edge.rundir import ensure_free_space, partial_path
 
@@ -59,12 +59,15 @@ class QuantResult:
 
 
 def quantize_gguf(src: str | Path, dst: str | Path, qtype: str, imatrix: Path | None = None,
-                  *, threads: int | None = None) -> QuantResult:
+                  *, threads: int | None = None, tensor_types: dict[str, str] | None = None,
+                  metadata: dict[str, str] | None = None) -> QuantResult:
     """Quantize the GGUF ``src`` (normally f16) to ``qtype`` at ``dst`` with llama.cpp's quantizer.
 
-    ``imatrix`` is an importance-matrix GGUF from ``compute_imatrix``. The output is written to
-    ``<dst>.partial`` and renamed when complete. The result is read back from the file (type histogram,
-    fallbacks, bits per weight).
+    ``imatrix`` is an importance-matrix GGUF from ``compute_imatrix``. ``qtype`` AUTO (a mix) takes
+    ``tensor_types`` (GGUF tensor name → ggml type, e.g. ``{"blk.0.ffn_down.weight": "Q6_K"}``: llama.cpp's
+    ``--tensor-type`` overrides, each tensor named exactly) and writes ``general.file_type`` "guessed";
+    ``metadata`` adds string keys (each under 128 bytes). The output is written to ``<dst>.partial`` and renamed
+    when complete. The result is read back from the file (type histogram, fallbacks, bits per weight).
     """
     import llama_cpp
 
@@ -72,13 +75,22 @@ def quantize_gguf(src: str | Path, dst: str | Path, qtype: str, imatrix: Path | 
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise ArteError(f"{src}: GGUF to quantize does not exist; convert the model first")
+    if (name in MIXED_TYPES) != bool(tensor_types):
+        raise ArteError(f"{name}: per-tensor types are given for a mix (AUTO) and only for a mix")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_ftype(name)
+    params.ftype = llama_ftype("Q8_0" if name in MIXED_TYPES else name)  # a mix: every weight is overridden
     params.nthread = threads or min(os.cpu_count() or 1, 8)
-    keepalive = None
+    keepalive: Any = []
     if imatrix is not None:
-        keepalive = imatrix_entries(Path(imatrix))
-        params.imatrix = keepalive[0]
+        keepalive.append(imatrix_entries(Path(imatrix)))
+        params.imatrix = keepalive[-1][0]
+    if tensor_types:
+        params.pure = True
+        keepalive.append(_tensor_overrides(tensor_types))
+        params.tt_overrides = keepalive[-1][0]
+        meta = {**(metadata or {}), "general.file_type": llama_ftype(name)}
+        keepalive.append(_kv_overrides(meta))
+        params.kv_overrides = keepalive[-1]
     partial = partial_path(dst)
     source = describe_gguf(src)
     need = int(1.1 * source["size_bytes"] * GGUF_TYPES[name].approx_bpw / (source["bits_per_weight"] or 16.0))
@@ -96,6 +108,41 @@ def quantize_gguf(src: str | Path, dst: str | Path, qtype: str, imatrix: Path | 
         raise ArteError(f"{src}: llama.cpp quantization to {name} failed: {last_error(log, f'return code {rc}')}")
     os.replace(partial, dst)
     return quant_result(dst, name, text, seconds, imatrix, source=source)
+
+
+def _tensor_overrides(tensor_types: dict[str, str]) -> tuple[Any, list[bytes]]:
+    """A null-terminated ``llama_model_tensor_override`` array: one anchored pattern per tensor."""
+    import llama_cpp
+    from gguf.constants import GGMLQuantizationType
+
+    array = (llama_cpp.llama_model_tensor_override * (len(tensor_types) + 1))()
+    patterns = [f"^{re.escape(name)}$".encode() for name in tensor_types]
+    for i, (pattern, qtype) in enumerate(zip(patterns, tensor_types.values(), strict=True)):
+        try:
+            array[i].type = int(GGMLQuantizationType[qtype.upper()])
+        except KeyError:
+            raise ArteError(f"unknown ggml type {qtype!r} for tensor {list(tensor_types)[i]!r}") from None
+        array[i].pattern = pattern
+    array[len(tensor_types)].pattern = None
+    return array, patterns
+
+
+def _kv_overrides(values: dict[str, str | int]) -> Any:
+    """A ``llama_model_kv_override`` array (terminated by an empty key) setting string and integer keys."""
+    import llama_cpp
+
+    array = (llama_cpp.llama_model_kv_override * (len(values) + 1))()
+    for item, (key, value) in zip(array, values.items(), strict=False):
+        if len(key.encode()) >= 128 or (isinstance(value, str) and len(value.encode()) >= 128):
+            raise ArteError(f"GGUF metadata {key!r}: keys and string values must be under 128 bytes")
+        item.key = key.encode()
+        if isinstance(value, str):
+            item.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+            item.value.val_str = value.encode()
+        else:
+            item.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+            item.value.val_i64 = int(value)
+    return array
 
 
 def quant_result(path: Path, name: str, log_text: str, seconds: float, imatrix: Path | None,

@@ -173,3 +173,12 @@ def kl_per_position(ref_logits: Any, got_logits: Any) -> Any:
 
     log_p, log_q = log_softmax(ref_logits, axis=-1), log_softmax(got_logits, axis=-1)
     return (np.exp(log_p) * (log_p - log_q)).sum(-1)
+
+
+def chat_texts(hf_dir: str | Path, conversations: Sequence[Sequence[Message]]) -> list[str]:
+    """Each conversation (system/user/assistant messages) rendered by the model's own chat template: the text
+    the model sees at training and inference time, for importance matrices and mix calibration."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(hf_dir))
+    return [tok.apply_chat_template([dict(m) for m in conv], tokenize=False) for conv in conversations if conv]

@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from arte_edge.formats import parse_format
+from arte_edge.formats import IMATRIX_TYPES, MIXED_TYPES, parse_format
+from arte_edge.formats import PLAIN_SUFFIX as PLAIN
 from arte_edge.progress import log
 
 
@@ -32,13 +33,18 @@ def requested_formats(formats: Sequence[str], preset: str | None) -> list[tuple[
 def export_targets(hf_dir: Path, out_dir: Path, wanted: Sequence[tuple[str, str]], stem: str, *,
                    verify: bool = True, threads: int | None = None, onnx_threads: int = 2, root: Path | None = None,
                    skip: set[str] | None = None, progress: Callable[[str], None] = log,
-                   on_artifact: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                   on_artifact: Callable[[dict[str, Any]], None] | None = None,
+                   calibration_texts: Sequence[str] | None = None, compare_imatrix: bool = False,
+                   auto: Any = None) -> list[dict[str, Any]]:
     """GGUF files (one f16 conversion, then each quant) and ONNX folders for ``wanted``, as artifact records
     (``name, format, quant, path, size_bytes, verify, details``: the fields of ``arte_edge.artifacts.Artifact``).
 
     ``threads``: GGUF quantizer/verification threads (None: llama.cpp's defaults); ``onnx_threads``: ONNX
     sessions. ``root``: paths are recorded relative to it (a run directory); ``skip``: artifact names already done;
     ``on_artifact`` is called with each verified artifact as soon as it exists (so a later crash keeps it).
+    ``calibration_texts``: the importance matrix of the ≤ 5-bit types (and the auto mix) is computed on them and
+    kept as ``<stem>.imatrix.gguf``; ``compare_imatrix`` then also exports each such type without it (artifact
+    ``gguf-<type>-plain``). ``auto``: the AutoMixBudget of ``gguf:auto``.
     """
     skip = skip or set()
     made: list[dict[str, Any]] = []
@@ -52,16 +58,28 @@ def export_targets(hf_dir: Path, out_dir: Path, wanted: Sequence[tuple[str, str]
         return str(path.relative_to(root)) if root else str(path)
 
     quants = [q for f, q in wanted if f == "gguf" and f"gguf-{q}" not in skip]
-    if quants:
+    calibrated = [q for f, q in wanted if f == "gguf" and q.upper() in IMATRIX_TYPES] if calibration_texts else []
+    plain = [q for q in calibrated if q.upper() not in MIXED_TYPES and f"gguf-{q}{PLAIN}" not in skip]
+    imatrix_file = out_dir / f"{stem}.imatrix.gguf"
+    if quants or (compare_imatrix and plain):
         from arte_edge.export.gguf import GGUFArtifact, export_gguf
 
-        def gguf_done(res: GGUFArtifact) -> None:
-            keep({"name": f"gguf-{res.qtype.lower()}", "format": "gguf", "quant": res.qtype.lower(),
+        def gguf_done(res: GGUFArtifact, suffix: str = "") -> None:
+            details: dict[str, Any] = {"quant": res.quant.to_dict(), "modelfile": str(Path(res.modelfile).name)}
+            if res.qtype in IMATRIX_TYPES:
+                details["imatrix"] = (rel(imatrix_file) if calibration_texts and not suffix else None)
+            keep({"name": f"gguf-{res.qtype.lower()}{suffix}", "format": "gguf", "quant": res.qtype.lower(),
                   "path": rel(Path(res.path)), "size_bytes": res.size_bytes, "verify": res.verification or {},
-                  "details": {"quant": res.quant.to_dict(), "modelfile": str(Path(res.modelfile).name)}})
+                  "details": details})
 
-        export_gguf(hf_dir, out_dir, quants, stem, progress=progress, verify=verify, threads=threads,
-                    on_artifact=gguf_done)
+        if quants:
+            export_gguf(hf_dir, out_dir, quants, stem, progress=progress, verify=verify, threads=threads,
+                        on_artifact=gguf_done, imatrix_texts=calibration_texts, auto=auto,
+                        keep_imatrix=imatrix_file if calibrated else None)
+        if compare_imatrix and plain:
+            progress(f"exporting {', '.join(plain)} again without the importance matrix (for the report)")
+            export_gguf(hf_dir, out_dir, plain, f"{stem}{PLAIN}", progress=progress, verify=verify, threads=threads,
+                        on_artifact=lambda res: gguf_done(res, PLAIN))
     for fmt, precision in wanted:
         if fmt != "onnx" or f"onnx-{precision}" in skip:
             continue
@@ -75,6 +93,26 @@ def export_targets(hf_dir: Path, out_dir: Path, wanted: Sequence[tuple[str, str]
               "size_bytes": res.size_bytes, "verify": {**(res.verification or {}), "tensors": res.tensors},
               "details": {}})
     return made
+
+
+def calibration_file_texts(path: Path, hf_dir: Path) -> list[str]:
+    """Calibration texts from a file: JSONL conversations (``messages`` per line) rendered by the model's chat
+    template, or any other file as plain text (one text per blank-line-separated paragraph)."""
+    from arte_edge.errors import ArteError
+    from arte_edge.export.reference import chat_texts
+    from arte_edge.rundir import read_jsonl
+
+    if not path.is_file():
+        raise ArteError(f"{path}: calibration file not found; give a run's data/examples.jsonl or a text file")
+    if path.suffix == ".jsonl":
+        convs = [r["messages"] for r in read_jsonl(path) if isinstance(r, dict) and r.get("messages")]
+        if not convs:
+            raise ArteError(f"{path}: no line has a `messages` list; give conversations or a plain text file")
+        return chat_texts(hf_dir, convs)
+    texts = [t.strip() for t in path.read_text(encoding="utf-8").split("\n\n") if t.strip()]
+    if not texts:
+        raise ArteError(f"{path}: calibration file is empty")
+    return texts
 
 
 def verification_rows(artifacts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
