@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from arte_edge.errors import ArteError
+from arte_edge.formats import PLAIN_SUFFIX
 from arte_edge.rundir import RunDir, atomic_write_json
 
 if TYPE_CHECKING:
@@ -121,7 +122,9 @@ def as_gguf(artifact: Artifact, root: Path, quant: str, *, verify: bool = True, 
             out_dir: Path | None = None) -> Artifact:
     """An HF student (base or merged) as the verified GGUF of type ``quant`` it would ship as.
 
-    The merged student reuses the export stage's ``gguf-<quant>`` file when that is newer than the merged folder;
+    The merged student reuses the export stage's plain ``gguf-<quant>`` (or ``gguf-<quant>-plain``) file when that
+    is newer than the merged folder (a file made with the run's importance matrix is not reused: base and variants
+    are quantized without one);
     anything else is exported once to ``out_dir`` (default ``eval/models/<name>/``; reused while its source
     folder is unchanged).
     """
@@ -129,7 +132,11 @@ def as_gguf(artifact: Artifact, root: Path, quant: str, *, verify: bool = True, 
     from arte_edge.progress import log
 
     folder = artifact.resolve(root)
-    shipped = {a.name: a for a in read_exported(root)}.get(f"gguf-{quant}")
+    exported = {a.name: a for a in read_exported(root)}
+    # one path: base and variants are quantized plain, so the merged row reuses a plain export only (the one
+    # made with the run's importance matrix differs in more than the training data)
+    shipped = next((a for a in (exported.get(f"gguf-{quant}"), exported.get(f"gguf-{quant}{PLAIN_SUFFIX}"))
+                    if a is not None and not a.details.get("imatrix")), None)
     if artifact.role == "merged" and shipped is not None and newer_than_folder(shipped.resolve(root), folder):
         path = shipped.resolve(root)
     else:

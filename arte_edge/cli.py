@@ -99,7 +99,8 @@ def export_cmd(
     model: Annotated[str, typer.Argument(help="A merged HF folder (config.json + safetensors), or a bundled model "
                                        "name / .gguf (converted to an HF folder first).")],
     formats: Annotated[str, typer.Option("--format", help="Comma-separated: gguf:f16, gguf:q8_0, gguf:q6_k, "
-                                         "gguf:q5_k_m, gguf:q4_k_m, gguf:q4_0, onnx:fp32, onnx:int8, onnx:int4.")]
+                                         "gguf:q5_k_m, gguf:q4_k_m, gguf:q4_0, gguf:auto (with --max-size-mb/"
+                                         "--max-kl), onnx:fp32, onnx:int8, onnx:int4.")]
     = "gguf:q4_k_m,gguf:q8_0",
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("artifacts"),
     preset: Annotated[str | None, typer.Option(help="Export preset (export/*.yaml), added to --format.")] = None,
@@ -129,10 +130,18 @@ def export_cmd(
 
     wanted = requested_formats([f for f in formats.split(",") if f.strip()], preset)
     auto = None
+    if any(v is not None and v <= 0 for v in (max_size_mb, max_kl)):
+        raise ArteError("--max-size-mb and --max-kl must be positive")
     if ("gguf", "auto") in wanted:
         if max_size_mb is None and max_kl is None:
             raise ArteError("--format gguf:auto needs a budget: --max-size-mb and/or --max-kl")
+        if calibration is None:
+            raise ArteError("--format gguf:auto needs --calibration (conversations or text it is measured on)")
         auto = AutoMixBudget(max_size_mb=max_size_mb, max_kl=max_kl)
+    elif max_size_mb is not None or max_kl is not None:
+        raise ArteError("--max-size-mb/--max-kl are budgets of gguf:auto; add gguf:auto to --format")
+    if compare_imatrix and calibration is None:
+        raise ArteError("--compare-imatrix needs --calibration (the importance matrix is made from it)")
     hf_dir = models.hf_folder(model)
     texts = calibration_file_texts(calibration, hf_dir) if calibration else None
     out.mkdir(parents=True, exist_ok=True)

@@ -111,7 +111,8 @@ class AutoMixConfig(Section):
     max_size_mb: float | None = Field(None, gt=0, description="Largest file size in MB (1e6 bytes).")
     min_decode_tok_s: float | None = Field(
         None, gt=0, description="Slowest acceptable batch-1 decode on `device`: turned into a limit on weight "
-        "bytes read per token (the device's memory bandwidth / this), the roofline bound that the bench checks.")
+        "bytes read per token (the device's memory bandwidth / this). Weights only: the KV cache read at long "
+        "contexts and the device's efficiency come on top, so the bench's measured rate will be lower.")
     device: str | None = Field(None, description="Device profile for min_decode_tok_s (default: bench.device).")
     max_kl: float | None = Field(
         None, gt=0, description="Largest mean KL(merged || mix) in nats per position on the verification texts. "

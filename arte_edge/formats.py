@@ -129,6 +129,9 @@ def check_gguf_type(value: str | None) -> str | None:
         return None
     if _gguf_key(value) not in GGUF_TYPES:
         raise ValueError(f"unknown GGUF type {value!r}; choose one of {', '.join(GGUF_QUANTS)}")
+    if _gguf_key(value) in MIXED_TYPES:
+        raise ValueError(f"{value!r} is a per-tensor mix made only by the export stage (export.auto); choose a fixed "
+                         "type such as q8_0 or q4_k_m")
     return _gguf_key(value).lower()
 
 

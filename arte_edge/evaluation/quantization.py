@@ -34,8 +34,8 @@ def imatrix_pairs(run: RunDir, eval_summary: dict[str, Any]) -> list[dict[str, A
     known = {a.name: a for a in read_exported(run.root)}
     rows: list[dict[str, Any]] = []
     for name, plain in ((n, known.get(n + PLAIN_SUFFIX)) for n in known):
-        if plain is None:
-            continue
+        if plain is None or not known[name].details.get("imatrix"):
+            continue  # no twin, or both plain (exported before imatrix: run)
         with_im, without = known[name], plain
         row: dict[str, Any] = {
             "artifact": name, "plain": plain.name, "quant": with_im.quant,

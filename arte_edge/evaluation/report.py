@@ -26,6 +26,7 @@ from arte_edge.artifacts import Artifact, read_exported
 from arte_edge.config import ReportConfig
 from arte_edge.evaluation.baselines import FORMAT_ONLY
 from arte_edge.evaluation.comparisons import compare_arms, item_flags
+from arte_edge.formats import PLAIN_SUFFIX
 from arte_edge.rundir import RunDir, atomic_write_json, atomic_write_text
 from arte_edge.stats import mcnemar_worse_p
 
@@ -230,7 +231,9 @@ def recommend(rows: list[dict[str, Any]], max_drop_pt: float) -> dict[str, Any] 
     for r in rows:
         if r["name"] in ("base", FORMAT_ONLY):
             continue
-        if r.get("flags"):
+        if r["name"].endswith(PLAIN_SUFFIX):
+            excluded[r["name"]] = "comparison arm: quantized without the run's importance matrix"
+        elif r.get("flags"):
             excluded[r["name"]] = "; ".join(r["flags"])
         elif not r.get("decode_tok_s"):
             excluded[r["name"]] = "not benchmarked"

@@ -96,6 +96,7 @@ def export_gguf(
     on_artifact: Callable[[GGUFArtifact], None] | None = None,
     auto: AutoMixBudget | None = None,
     keep_imatrix: Path | None = None,
+    imatrix: bool = True,
 ) -> list[GGUFArtifact]:
     """Export ``hf_dir`` as one GGUF per entry of ``quants`` into ``out_dir``, each with an Ollama Modelfile.
 
@@ -106,7 +107,8 @@ def export_gguf(
     ``thresholds`` overrides verification thresholds per type (``{"Q4_K_M": {"min_top1": 0.9}}``).
     ``imatrix_texts``: compute an importance matrix on these texts and use it for the types of 5 bits or fewer
     (``formats.IMATRIX_TYPES``); ``keep_imatrix``: where to keep that matrix (default: deleted after).
-    ``auto``: the budget of the AUTO type (a per-tensor mix, mix.py), calibrated on ``imatrix_texts``.
+    ``auto``: the budget of the AUTO type (a per-tensor mix, mix.py), calibrated on ``imatrix_texts`` (required);
+    ``imatrix=False``: those texts calibrate the mix only, no importance matrix is made.
     ``on_artifact`` is called with each finished artifact (so a caller can record it before the next one).
     ``threads``: quantizer threads (default: cores, up to 8) and verification/imatrix threads (default 1).
     """
@@ -117,6 +119,14 @@ def export_gguf(
     if not re.fullmatch(r"[\w.\-]+", name):
         raise ArteError(f"artifact name {name!r} must be letters, digits, '.', '-' or '_'")
     say = progress or (lambda _m: None)
+    if "AUTO" in names and auto is None:
+        raise ArteError("gguf:auto needs a budget (export.auto: max_size_mb, min_decode_tok_s or max_kl)")
+    if "AUTO" in names and not imatrix_texts:
+        raise ArteError("gguf:auto needs calibration texts (a run's training data, or arte-edge export --calibration): "
+                        "its sensitivities are measured on them and its KL checked on other texts")
+    if "AUTO" in names and auto is not None and auto.max_kl is not None and not verify:
+        raise ArteError("gguf:auto with max_kl needs verification (the KL is measured there); drop --no-verify "
+                        "or export.verify: false")
     out_dir.mkdir(parents=True, exist_ok=True)
     f16 = out_dir / f".{name}.f16.work.gguf"
     artifacts: list[GGUFArtifact] = []
@@ -124,9 +134,7 @@ def export_gguf(
     reference: list[Any] = []  # the HF model's outputs, computed at the first verification and reused
     try:
         convert_to_gguf(hf_dir, f16, "f16", say, allow_no_chat_template=allow_no_chat_template)
-        if "AUTO" in names and auto is None:
-            raise ArteError("gguf:auto needs a budget (export.auto: max_size_mb, min_decode_tok_s or max_kl)")
-        if imatrix_texts and IMATRIX_TYPES & set(names):
+        if imatrix and imatrix_texts and IMATRIX_TYPES & set(names):
             imatrix_path = keep_imatrix or out_dir / f".{name}.imatrix.gguf"
             compute_imatrix(f16, imatrix_texts, imatrix_path, threads=threads, progress=say)
         # F16 last: it is the source of the others and is then moved, not copied
@@ -200,11 +208,7 @@ def _auto_mix(hf_dir: Path, f16: Path, work: Path, final: Path, budget: AutoMixB
     """Build the auto mix and verify it; with only ``max_kl``, replan (at most 3 times) with a lower KL target
     until the verified KL meets it (the planner predicts KL on calibration text, the check is on held-out text)."""
     from arte_edge.export.mix import build_auto_mix, mix_record
-    from arte_edge.export.reference import DEFAULT_TEXTS
-
-    calib = list(texts_calib or DEFAULT_TEXTS)
-    if not texts_calib:
-        say("auto mix: no calibration texts given; measuring on the generic verification texts")
+    calib = list(texts_calib)
     sens, target, report = None, budget.max_kl, None
     for attempt in range(3):
         result, plan, sens = build_auto_mix(f16, hf_dir, work, budget, calib, imatrix=imatrix, threads=threads or 2,

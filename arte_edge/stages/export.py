@@ -24,12 +24,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.recipe.export
     done = {a.name for a in read_exported(ctx.run.root)}
     wanted = requested_formats(cfg.formats, cfg.preset)
-    calibration = _calibration_texts(ctx) if cfg.imatrix == "run" else None
+    auto = ("gguf", "auto") in wanted and "gguf-auto" not in done
+    calibration = _calibration_texts(ctx) if cfg.imatrix == "run" or auto else None
     export_targets(merged, ctx.run.artifacts_dir, wanted, ctx.recipe.name,
                    verify=cfg.verify, onnx_threads=ctx.recipe.evaluate.threads, root=ctx.run.root, skip=done,
                    on_artifact=lambda row: record_exported(ctx.run.root, Artifact(**row)),
                    calibration_texts=calibration, compare_imatrix=cfg.compare_imatrix,
-                   auto=_auto_budget(ctx) if ("gguf", "auto") in wanted else None)
+                   auto=_auto_budget(ctx) if auto else None, imatrix=cfg.imatrix == "run")
     artifacts = read_exported(ctx.run.root)
     atomic_write_json(ctx.run.artifacts_dir / "verify.json", {a.name: a.verify for a in artifacts})
     return {"artifacts": [{"name": a.name, "size_bytes": a.size_bytes,

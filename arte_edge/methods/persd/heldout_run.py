@@ -67,7 +67,7 @@ def models_to_score(ctx: RunContext, include_variants: bool) -> list[tuple[str, 
     for a in list_artifacts(ctx, include_base=ctx.recipe.evaluate.include_base):
         if quant and a.format == "hf":
             out.append((a.name, lambda a=a: _open_quantized(ctx, a.resolve(ctx.run.root), a.name)))
-        elif not (quant and a.format == "gguf" and a.quant == quant):
+        elif not (quant and a.name == f"gguf-{quant}"):
             out.append((a.name, lambda a=a: open_artifact(a, ctx.run.root, threads=threads)))
     if include_variants and cfg.eval_variants:
         for name in cfg.variants:
