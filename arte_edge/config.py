@@ -105,8 +105,9 @@ class TrainConfig(Section):
 class AutoMixConfig(Section):
     """A GGUF whose per-tensor types are chosen to a budget (artifact `gguf-auto`, format `gguf:auto`): each
     group of tensors (one kind over `layers_per_unit` layers) is measured at 4, 5, 6 and 8 bits on the run's
-    training texts (KL against the merged model), then the least-KL mix within the budget is written by
-    llama.cpp's quantizer with the run's importance matrix. Give at least one budget; the tightest rules."""
+    training texts (KL against the merged model), then a low-KL mix within the budget (greedy knapsack) is
+    written by llama.cpp's quantizer with the run's importance matrix (none with export.imatrix: none). Give at
+    least one budget; the tightest rules. See docs/quantization.md."""
 
     max_size_mb: float | None = Field(None, gt=0, description="Largest file size in MB (1e6 bytes).")
     min_decode_tok_s: float | None = Field(
