@@ -208,6 +208,7 @@ def _auto_mix(hf_dir: Path, f16: Path, work: Path, final: Path, budget: AutoMixB
     """Build the auto mix and verify it; with only ``max_kl``, replan (at most 3 times) with a lower KL target
     until the verified KL meets it (the planner predicts KL on calibration text, the check is on held-out text)."""
     from arte_edge.export.mix import build_auto_mix, mix_record
+
     calib = list(texts_calib)
     sens, target, report = None, budget.max_kl, None
     for attempt in range(3):
@@ -216,6 +217,10 @@ def _auto_mix(hf_dir: Path, f16: Path, work: Path, final: Path, budget: AutoMixB
         limits = {"max_kl": budget.max_kl} if budget.max_kl is not None else None
         report = (_verify_artifact(hf_dir, work, final, "AUTO", limits, say, reference, prompts, texts, threads,
                                    raise_on_failure=False) if verify else None)
+        if not verify:  # like every unverified type: it must at least load and give finite logits
+            from arte_edge.export.verify import check_gguf_loads_in_llama_cpp
+
+            check_gguf_loads_in_llama_cpp(work, threads=threads)
         measured = report["next_token"]["kl_mean"] if report else None
         only_kl = budget.max_kl is not None and not (budget.max_size_mb or budget.max_read_bytes)
         if report is None or report["passed"] or not only_kl or attempt == 2 or not measured:
