@@ -146,12 +146,13 @@ def as_gguf(artifact: Artifact, root: Path, quant: str, *, verify: bool = True, 
 
 
 def open_artifact(artifact: Artifact, root: Path, *, threads: int = 2, n_ctx: int = 2048,
-                  device_faithful: bool = False) -> ChatModel:
+                  device_faithful: bool = False, hf_batch_size: int = 8) -> ChatModel:
     """A chat model running the artifact on its native runtime.
 
     ``device_faithful``: decode a GGUF one conversation at a time, as the device will. Batched llama.cpp
     decoding is faster for big models but changes float rounding, so greedy text can differ from batch-1
-    (seen on 19 of 48 SmolLM2 answers here); accuracy must be that of the shipped runtime.
+    (seen on 19 of 48 SmolLM2 answers here); accuracy must be that of the shipped runtime. ``hf_batch_size``: rows
+    per left-padded batch of a torch (fp32) model.
     """
     path = artifact.resolve(root)
     if not path.exists():
@@ -159,7 +160,7 @@ def open_artifact(artifact: Artifact, root: Path, *, threads: int = 2, n_ctx: in
     if artifact.format == "hf":
         from arte_edge.backends.hf import HFChat
 
-        return HFChat(path, threads=threads, name=artifact.name)
+        return HFChat(path, threads=threads, name=artifact.name, batch_size=hf_batch_size)
     if artifact.format == "gguf":
         from arte_edge.backends.llamacpp import LlamaCppChat
 

@@ -44,6 +44,9 @@ class ModelSpec(Section):
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (openai).")
     threads: int = Field(2, ge=1, description="CPU threads for llama.cpp / torch.")
     n_ctx: int = Field(2048, ge=256, description="Context window in tokens (llama.cpp).")
+    batch_size: int = Field(16, ge=1, description="Conversations decoded together (llama_cpp continuous batching: "
+                            "slots in one context; 1 = one at a time). Measured on 2 cores, Qwen2.5-0.5B teacher: "
+                            "16 slots 1.11x the throughput of 8.")
     parallel: int = Field(1, ge=1, description="Concurrent requests (openai backend).")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds (openai backend).")
     max_retries: int = Field(5, ge=0, description="Retries on timeouts, connection errors, 429 and 5xx (openai).")
@@ -95,6 +98,10 @@ class TrainConfig(Section):
     max_length: int = Field(512, ge=32, description="Max tokens per example; longer ones are truncated.")
     threads: int = Field(2, ge=1, description="torch threads on CPU (1 can win on a busy machine).")
     save_steps: int = Field(10, ge=1, description="Checkpoint every N steps (resume after a crash).")
+    padding_free: bool = Field(
+        True, description="Each batch is one sequence without padding (TRL's padding_free; attention kept inside "
+        "each example through position_ids): same loss as padded batches, fewer tokens computed. Off for models "
+        "whose attention ignores position_ids boundaries (linear attention, convolutions).")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="Training precision. auto: bf16 mixed precision (fp32 master weights, bf16 matmuls) on "
         "a CUDA GPU with bf16, fp32 on CPU: measured on an Intel CPU with AMX-BF16, bf16 autocast trained LoRA at "
@@ -163,6 +170,9 @@ class EvaluateConfig(Section):
 
     max_tokens: int = Field(192, ge=8, description="Max new tokens per answer.")
     threads: int = Field(2, ge=1, description="CPU threads.")
+    batch_size: int = Field(16, ge=1, description="Rows per left-padded batch when an fp32 (torch) student is "
+                            "scored; each such row is re-answered one at a time on 8 items and the report shows "
+                            "the agreement. Shipped artifacts (GGUF, ONNX) are always scored one at a time.")
     include_base: bool = Field(True, description="Also evaluate the untrained student.")
     format_baseline: bool = Field(
         True, description="Also score the untrained student shown the seed examples as demonstrations (artifact "

@@ -1,27 +1,30 @@
 """Pipeline speed, old path vs new path on the same inputs, in one run (alternating, medians), with the ceiling.
 
-Stage measured so far (issue 16, item 4):
+Stages (issue 16, item 4); *old* is the code before issue 16 (``git show 7ef64cb^``), *new* is this checkout:
 
 - ``teacher``: the demo recipe's teacher (configs/demo.yaml: Qwen2.5-Coder-0.5B GGUF, llama.cpp, greedy, its
-  max_tokens) answers the demo's first ``--n`` train-pool questions with the standard method's teacher prompt,
-  in windows of the backend's batch size. *old*: batched decoding, every prompt prefilled whole (the path before
-  shared-prefix reuse); *new*: the windows' common prefix (system prompt, style instruction, format demo) is
-  decoded once and its KV cells shared (``llama_memory_seq_cp``). Reported: median seconds over ``--reps``
-  alternating repetitions, prompt tokens processed, greedy agreement between the paths (exact text, and the
-  share of items with the same parsed answer: llama.cpp batching is not batch-invariant, so they can differ),
-  and the ceiling: llama.cpp's own ``llama-bench`` pp/tg for the same file and threads (built once from the same
-  sdist, see benchmarks/llama_bench_compare.py), turned into the time the engine would need for the same
-  prompt and completion tokens at batch 1 — the teacher stage as a fraction of what the engine can do here.
+  max_tokens) answers the demo's first ``--n`` train-pool questions with the standard method's teacher prompt.
+  *old*: that commit's batched decoder, windows of 8 conversations, every prompt prefilled whole, each window
+  waiting for its longest answer; *new*: ``chat_batch`` in the windows the pipeline hands it (continuous batching
+  over ``teacher.batch_size`` slots, the window's common prefix decoded once, its KV cells shared). Reported:
+  median seconds over ``--reps`` alternating repetitions, prompt tokens processed, greedy agreement between the
+  paths (exact text, and the share of items with the same parsed answer: llama.cpp batching is not
+  batch-invariant, so they differ), and the ceiling: llama.cpp's own ``llama-bench`` (batch 1) and
+  ``llama-batched-bench`` (same number of sequences) for the same file and threads, built once from the same sdist
+  (benchmarks/llama_bench_compare.py), turned into the time the engine alone needs for the same tokens.
 
 - ``train``: the demo recipe's LoRA training of its student on the demo's examples (``runs/demo/data/
   examples.jsonl`` when a demo ran, else ``--n-train`` train-pool questions with their gold answer as a short
-  target). *old*: fp32 (``train.precision: auto`` on CPU); *new*: ``train.precision: bf16`` (autocast; the
-  candidate for CPUs with AMX-BF16). Reported: median tokens/s, the loss at every logged step of both (max
-  absolute difference), the precision each ran in.
+  target). *old*: padded batches; *new*: padding-free batches (``train.padding_free``). Reported: median tokens/s
+  (real tokens, both ways), the loss at every logged step of both (max absolute difference).
 
-The evaluation stage is not measured by this script yet.
+- ``eval``: the demo run's evaluate stage on its first ``--eval-items`` held-out items (needs a finished demo in
+  runs/demo). Torch (fp32) rows: *old* items in order in left-padded batches of 8; *new* shortest prompt first in
+  batches of ``evaluate.batch_size``; alternating. Shipped-artifact rows (GGUF, ONNX) are decoded one at a time
+  either way (device-faithful), so they are timed once and added to both totals; the table says how fast the
+  stage could be at most if the torch rows cost nothing.
 
-    .venv/bin/python benchmarks/pipeline_speed.py --stages teacher train --n 32 --reps 3 [--no-ceiling]
+    .venv/bin/python benchmarks/pipeline_speed.py --n 160 --reps 3
 
 Prints a Markdown table; writes benchmarks/results/pipeline_speed.json. Run it on a quiet machine (the load
 average before each repetition is recorded).
@@ -33,8 +36,10 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,36 +63,87 @@ def demo_jobs(n: int) -> tuple[Any, Any, list[Any], list[list[dict[str, str]]]]:
     return recipe, task, items, [teacher_messages(task, item) for item in items]
 
 
-def run_teacher(model: Any, conversations: list[list[dict[str, str]]], params: Any, share: bool) -> dict[str, Any]:
-    """One pass over ``conversations`` in windows of the model's batch size; texts, seconds, tokens."""
-    from arte_edge.backends.llamacpp import BatchedDecoder
+BASELINE_COMMIT = "7ef64cb^"  # the code before issue 16: windows of 8, every prompt prefilled whole
+BASELINE_BATCH = 8  # LlamaCppChat's batch size then
+BASELINE_HF_BATCH = 8  # HFChat's batch size then (fp32 rows were left-padded batches of 8, in item order)
 
-    decoder = BatchedDecoder(model.llm, n_seq=model.batch_size, n_ctx_per_seq=model.n_ctx, threads=model.threads,
-                             share_prefix=share)
+
+def baseline_module(relpath: str, name: str) -> Any:
+    """``relpath`` as it was at :data:`BASELINE_COMMIT` (``git show``), imported as module ``name``."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    try:
+        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{BASELINE_COMMIT}:{relpath}"], check=True,
+                                capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"pipeline_speed: the old path is {relpath} at {BASELINE_COMMIT}; git could not show it "
+                         f"({exc}); run from a full clone") from exc
+    path = Path(tempfile.mkdtemp(prefix="arte-baseline-")) / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_teacher(model: Any, conversations: list[list[dict[str, str]]], params: Any, path: str) -> dict[str, Any]:
+    """One pass over ``conversations``: ``old`` = the baseline decoder in windows of the batch size (what
+    ``chat_batch`` did before issue 16); ``new`` = ``chat_batch`` in the windows the pipeline hands it."""
+    from arte_edge.methods.common import teacher_window
+
+    if path == "old":
+        decoder = baseline_module("arte_edge/backends/llamacpp.py", "llamacpp_baseline").BatchedDecoder(
+            model.llm, n_seq=BASELINE_BATCH, n_ctx_per_seq=model.n_ctx, threads=model.threads)
+        window, call = BASELINE_BATCH, decoder.generate
+    else:
+        decoder, window = None, teacher_window(model)
+        def call(chunk, params, first_index):
+            return model.chat_batch(chunk, replace(params, seed=params.seed + first_index))
     load = os.getloadavg()[0]
     start = time.perf_counter()
     try:
         out = []
-        for lo in range(0, len(conversations), model.batch_size):
-            out += decoder.generate(conversations[lo:lo + model.batch_size], params, first_index=lo)
+        for lo in range(0, len(conversations), window):
+            out += call(conversations[lo:lo + window], params, first_index=lo)
     finally:
-        decoder.close()
+        if decoder is not None:
+            decoder.close()
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "texts": [c.text for c in out], "load_1m": load,
+    return {"seconds": seconds, "texts": [c.text for c in out], "load_1m": load, "window": window,
             "prompt_tokens": sum(c.prompt_tokens for c in out),
             "prompt_tokens_processed": sum(c.meta.get("prompt_tokens_processed", c.prompt_tokens) for c in out),
             "completion_tokens": sum(c.completion_tokens for c in out)}
 
 
-def ceiling(gguf: Path, threads: int, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    """llama-bench pp/tg (tokens/s) for ``gguf`` and the batch-1 time it implies for the same tokens."""
+def ceiling(gguf: Path, threads: int, prompt_tokens: int, completion_tokens: int, processed: int,
+            batch: int) -> dict[str, Any]:
+    """What llama.cpp's own tools do with ``gguf`` here: llama-bench pp/tg (batch 1) and llama-batched-bench
+    decode at ``batch`` sequences, turned into the time the engine needs for the same tokens — batch 1 with whole
+    prompts, and batched with only the ``processed`` prompt tokens (the new path's work)."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from llama_bench_compare import llama_bench_binary, run_llama_bench
+    from llama_bench_compare import llama_bench_binary, llama_tool_binary, run_llama_bench
 
     res = run_llama_bench(llama_bench_binary(), gguf, pp=256, tg=64, threads=threads, reps=3)
     pp, tg = statistics.median(res["pp_tok_s"]), statistics.median(res["tg_tok_s"])
+    cmd = [str(llama_tool_binary("llama-batched-bench")), "-m", str(gguf), "-c", str(max(4096, batch * 512)),
+           "-b", "512", "-ub", "512", "-npp", "64", "-ntg", "48", "-npl", f"1,{batch}", "-t", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    rows = {}
+    for line in (out.stdout + out.stderr).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 10 and cells[2].isdigit():  # PP | TG | B | N_KV | T_PP | S_PP | T_TG | S_TG | T | S
+            rows[int(cells[2])] = {"pp_tok_s": float(cells[5]), "tg_tok_s": float(cells[7])}
+    if batch not in rows:
+        raise SystemExit(f"could not read llama-batched-bench's table from: {' '.join(cmd)}")
+    b = rows[batch]
     return {"llama_bench_pp_tok_s": round(pp, 1), "llama_bench_tg_tok_s": round(tg, 1),
-            "batch1_seconds": round(prompt_tokens / pp + completion_tokens / tg, 2), "config": res["config"]}
+            "batch1_seconds": round(prompt_tokens / pp + completion_tokens / tg, 2),
+            "batched_bench": rows, "batched_seconds": round(processed / b["pp_tok_s"] + completion_tokens
+                                                            / b["tg_tok_s"], 2),
+            "config": res["config"], "batched_command": " ".join(cmd)}
 
 
 def agreement(task: Any, items: list[Any], a: list[str], b: list[str]) -> dict[str, Any]:
@@ -115,7 +171,7 @@ def train_examples(recipe: Any, task: Any, n: int) -> tuple[list[dict[str, Any]]
     return rows, f"{len(rows)} train-pool questions with a gold target (no demo run found)"
 
 
-def run_train(recipe: Any, examples: list[dict[str, Any]], precision: str, work: Path) -> dict[str, Any]:
+def run_train(recipe: Any, examples: list[dict[str, Any]], padding_free: bool, work: Path) -> dict[str, Any]:
     """One LoRA training of the demo's student on ``examples``; seconds, tokens/s and the loss curve."""
     import shutil
 
@@ -123,7 +179,7 @@ def run_train(recipe: Any, examples: list[dict[str, Any]], precision: str, work:
     from arte_edge.training.sft import train_adapter
 
     shutil.rmtree(work, ignore_errors=True)
-    cfg = recipe.train.model_copy(update={"precision": precision, "save_steps": 10_000})
+    cfg = recipe.train.model_copy(update={"padding_free": padding_free, "precision": "fp32", "save_steps": 10_000})
     base = models.hf_folder(recipe.student.model)
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -133,11 +189,35 @@ def run_train(recipe: Any, examples: list[dict[str, Any]], precision: str, work:
     losses = [h["loss"] for h in history if "loss" in h]
     return {"seconds": seconds, "train_runtime_s": info["runtime_s"], "tokens": info["tokens"],
             "tokens_per_s": info["tokens"] / info["runtime_s"] if info["tokens"] and info["runtime_s"] else None,
-            "precision": info["precision"], "losses": losses, "load_1m": load}
+            "precision": info["precision"], "padding_free": padding_free, "losses": losses, "load_1m": load}
+
+
+def train_ceiling(model_dir: Path, threads: int, rows: int = 512) -> dict[str, Any]:
+    """An upper bound on training tokens/s here: torch's own fp32 matmul speed at the model's MLP shape (``rows``
+    tokens) over the matmul FLOPs of one trained token — forward 2N plus the backward pass's activation gradients
+    2N (the frozen base gets no weight gradients under LoRA), N = weights used in matmuls, the LM head included."""
+    import json as _json
+
+    import torch
+
+    cfg = _json.loads((model_dir / "config.json").read_text())
+    h, inter, layers, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    kv = h * cfg.get("num_key_value_heads", cfg["num_attention_heads"]) // cfg["num_attention_heads"]
+    n = layers * (2 * h * h + 2 * h * kv + 3 * h * inter) + h * vocab
+    torch.set_num_threads(threads)
+    a, b = torch.randn(rows, h), torch.randn(h, inter)
+    for _ in range(3):
+        a @ b
+    reps, start = 50, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    gflops = 2 * rows * h * inter * reps / (time.perf_counter() - start) / 1e9
+    return {"matmul_gflops": round(gflops, 1), "matmul_params": n, "flops_per_token": 4 * n,
+            "tokens_per_s": round(gflops * 1e9 / (4 * n), 1)}
 
 
 def measure_train(args: argparse.Namespace) -> dict[str, Any]:
-    """Training old (fp32) vs new (bf16 autocast), alternating; tokens/s medians and the loss curves."""
+    """Training old (padded batches) vs new (padding-free), alternating; tokens/s medians and the loss curves."""
     import tempfile
 
     recipe, task, _, _ = demo_jobs(1)
@@ -146,28 +226,120 @@ def measure_train(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="arte-train-bench-") as tmp:
         for rep in range(args.reps):
             for name in (("old", "new") if rep % 2 == 0 else ("new", "old")):
-                runs[name].append(run_train(recipe, examples, "fp32" if name == "old" else "bf16",
-                                            Path(tmp) / name))
+                runs[name].append(run_train(recipe, examples, name == "new", Path(tmp) / name))
                 print(f"train rep {rep + 1} {name}: {runs[name][-1]['tokens_per_s']:.0f} tok/s",
                       file=sys.stderr, flush=True)
     med = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()}
+    from arte_edge import models
+
+    roof = train_ceiling(models.hf_folder(recipe.student.model), recipe.train.threads)
     diffs = [abs(a - b) for a, b in zip(runs["old"][0]["losses"], runs["new"][0]["losses"], strict=False)]
     return {"stage": "train", "examples": source, "n_examples": len(examples), "reps": args.reps,
-            "precision_new": runs["new"][0]["precision"],
+            "precision": runs["new"][0]["precision"],
             "old_tokens_per_s": [round(r["tokens_per_s"], 1) for r in runs["old"]],
             "new_tokens_per_s": [round(r["tokens_per_s"], 1) for r in runs["new"]],
             "old_median_tok_s": round(med["old"], 1), "new_median_tok_s": round(med["new"], 1),
-            "speedup": round(med["new"] / med["old"], 3),
+            "speedup": round(med["new"] / med["old"], 3), "ceiling": roof,
+            "fraction_of_ceiling": round(med["new"] / roof["tokens_per_s"], 2),
             "loss_old": runs["old"][0]["losses"], "loss_new": runs["new"][0]["losses"],
             "loss_max_abs_diff": round(max(diffs), 4) if diffs else None,
             "final_loss": {"old": runs["old"][0]["losses"][-1], "new": runs["new"][0]["losses"][-1]},
             "load_1m": {k: [round(r["load_1m"], 2) for r in v] for k, v in runs.items()}}
 
 
+def eval_jobs(recipe: Any, task: Any, n: int) -> tuple[list[Any], list[tuple[Any, str, tuple]], Path]:
+    """The demo run's held-out items (first ``n``) and its evaluate stage's rows: (artifact, name, demos shown)."""
+    from arte_edge.artifacts import base_artifact, merged_artifact, read_exported
+    from arte_edge.evaluation.scoring import format_demos
+    from arte_edge.tasks.splits import make_splits
+
+    root = ROOT / "runs" / "demo"
+    merged = merged_artifact(root)
+    if merged is None:
+        raise SystemExit("pipeline_speed --stages eval: no finished demo run in runs/demo; run "
+                         "`.venv/bin/arte-edge run configs/demo.yaml` first")
+    s = recipe.splits
+    splits = make_splits(task.load(), seeds=s.seeds, preference=s.preference, train_pool=s.train_pool, eval=s.eval,
+                         seed=recipe.seed)
+    base = base_artifact(recipe.student.model)
+    jobs = [(base, "base", ()), (merged, "merged", ()), *[(a, a.name, ()) for a in read_exported(root)],
+            (base, "base-fewshot", tuple(format_demos(task, splits["seeds"])))]
+    return splits["eval"][:n], jobs, root
+
+
+def score_row(artifact: Any, root: Path, task: Any, items: list[Any], demos: tuple, params: Any, threads: int,
+              hf_batch: int, path: str) -> dict[str, Any]:
+    """One evaluate-stage row without writing it: ``old`` = items in order, torch rows in batches of 8 (the code
+    before issue 16); ``new`` = :func:`batch_order`, ``evaluate.batch_size`` and the stage's batch-1 check on 8 items.
+    GGUF/ONNX rows: batch 1 either way."""
+    from arte_edge.artifacts import open_artifact
+    from arte_edge.evaluation.scoring import answer_messages, batch1_check, batch_order, decoding_of
+
+    model = open_artifact(artifact, root, threads=threads, device_faithful=True,
+                          hf_batch_size=BASELINE_HF_BATCH if path == "old" else hf_batch)
+    try:
+        order = list(items) if path == "old" else batch_order(model, task, items)
+        chunk = max(8, int(getattr(model, "batch_size", 1) or 1))
+        load = os.getloadavg()[0]
+        start = time.perf_counter()
+        texts: dict[str, str] = {}
+        for lo in range(0, len(order), chunk):
+            part = order[lo:lo + chunk]
+            out = model.chat_batch([answer_messages(task, item, demos) for item in part], params)
+            texts.update({item.id: c.text for item, c in zip(part, out, strict=True)})
+        check = None
+        if path == "new" and decoding_of(model) != "batch 1":  # the stage's batch-1 check of batched rows counts
+            rows = [{"item_id": item.id, "completion": texts[item.id],
+                     "predicted": task.check(item, texts[item.id]).predicted} for item in items]
+            check = batch1_check(model, task, items, rows, params, demos)
+        seconds = time.perf_counter() - start
+    finally:
+        model.close()
+    return {"seconds": seconds, "texts": [texts[item.id] for item in items], "load_1m": load, "batch1_check": check}
+
+
+def measure_eval(args: argparse.Namespace) -> dict[str, Any]:
+    """The demo's evaluation, old vs new: torch (fp32) rows alternating; shipped-artifact rows (batch 1, unchanged)
+    timed once and added to both totals."""
+    from arte_edge.evaluation.scoring import eval_params
+
+    recipe, task, _, _ = demo_jobs(1)
+    items, jobs, root = eval_jobs(recipe, task, args.eval_items)
+    params = eval_params(task, recipe.evaluate.max_tokens)
+    threads, hf_batch = recipe.evaluate.threads, recipe.evaluate.batch_size
+    rows: dict[str, dict[str, Any]] = {}
+    for artifact, name, demos in jobs:
+        if artifact.format != "hf":
+            once = score_row(artifact, root, task, items, demos, params, threads, hf_batch, "new")
+            rows[name] = {"format": artifact.format, "seconds_once": round(once["seconds"], 1)}
+            print(f"eval {name} (batch 1, unchanged): {once['seconds']:.1f} s", file=sys.stderr, flush=True)
+            continue
+        runs: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
+        for rep in range(args.reps):
+            for path in (("old", "new") if rep % 2 == 0 else ("new", "old")):
+                runs[path].append(score_row(artifact, root, task, items, demos, params, threads, hf_batch, path))
+                print(f"eval {name} rep {rep + 1} {path}: {runs[path][-1]['seconds']:.1f} s", file=sys.stderr,
+                      flush=True)
+        rows[name] = {"format": "hf", "old_seconds": [round(r["seconds"], 1) for r in runs["old"]],
+                      "new_seconds": [round(r["seconds"], 1) for r in runs["new"]],
+                      "old_median_s": round(statistics.median(r["seconds"] for r in runs["old"]), 1),
+                      "new_median_s": round(statistics.median(r["seconds"] for r in runs["new"]), 1),
+                      "agreement_old_vs_new": agreement(task, items, runs["old"][0]["texts"], runs["new"][0]["texts"]),
+                      "batch1_check_new": runs["new"][0]["batch1_check"]}
+    fixed = sum(r.get("seconds_once", 0.0) for r in rows.values())
+    old = fixed + sum(r.get("old_median_s", 0.0) for r in rows.values())
+    new = fixed + sum(r.get("new_median_s", 0.0) for r in rows.values())
+    return {"stage": "eval", "n_items": len(items), "reps": args.reps, "hf_batch_old": BASELINE_HF_BATCH,
+            "hf_batch_new": hf_batch, "rows": rows, "batch1_rows_s": round(fixed, 1), "old_total_s": round(old, 1),
+            "new_total_s": round(new, 1), "speedup": round(old / new, 3),
+            "speedup_if_torch_rows_were_free": round(old / fixed, 3) if fixed else None}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Measure each asked stage old vs new, alternating, and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stages", nargs="+", choices=["teacher", "train"], default=["teacher", "train"])
+    ap.add_argument("--stages", nargs="+", choices=["teacher", "train", "eval"], default=["teacher", "train", "eval"])
+    ap.add_argument("--eval-items", type=int, default=100, help="held-out items per row (the demo scores 100)")
     ap.add_argument("--n", type=int, default=32, help="train-pool questions (the demo makes up to 160 calls)")
     ap.add_argument("--n-train", type=int, default=54, help="training examples when no demo run exists")
     ap.add_argument("--reps", type=int, default=3, help="alternating repetitions of each path")
@@ -178,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
         results["teacher"] = measure_teacher(args)
     if "train" in args.stages:
         results["train"] = measure_train(args)
+    if "eval" in args.stages:
+        results["eval"] = measure_eval(args)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "pipeline_speed.json").write_text(json.dumps(results, indent=1))
     print("| stage | n | old (median) | new (median) | speedup | detail | agreement | ceiling |")
@@ -185,16 +359,31 @@ def main(argv: list[str] | None = None) -> None:
     if "teacher" in results:
         t = results["teacher"]
         agree = t["agreement_old_vs_new"]
-        ceil = t.get("ceiling", {}).get("batch1_seconds", "–")
+        c = t.get("ceiling", {})
+        ceil = (f"llama.cpp alone: {c['batched_seconds']} s batched {t['batch_size']} "
+                f"({t['fraction_of_engine']:.0%} of it reached), {c['batch1_seconds']} s batch 1" if c else "–")
         print(f"| teacher | {t['n']} | {t['old_median_s']:.1f} s | {t['new_median_s']:.1f} s | {t['speedup']:.2f}× | "
               f"prompt tokens processed {t['prompt_tokens_processed_old']} → {t['prompt_tokens_processed_new']} | "
               f"{agree['same_answer']}/{agree['n']} same answer ({agree['identical_text']} identical text) | "
-              f"llama-bench batch-1 time for the same tokens: {ceil} s |")
+              f"{ceil} |")
     if "train" in results:
         r = results["train"]
         print(f"| train | {r['n_examples']} | {r['old_median_tok_s']:.0f} tok/s | {r['new_median_tok_s']:.0f} tok/s | "
-              f"{r['speedup']:.2f}× | fp32 → {r['precision_new']} | final loss {r['final_loss']['old']:.3f} vs "
-              f"{r['final_loss']['new']:.3f} (max step diff {r['loss_max_abs_diff']}) | – |")
+              f"{r['speedup']:.2f}× | padded → padding-free ({r['precision']}) | "
+              f"final loss {r['final_loss']['old']:.3f} vs "
+              f"{r['final_loss']['new']:.3f} (max step diff {r['loss_max_abs_diff']}) | matmul roofline "
+              f"{r['ceiling']['tokens_per_s']:.0f} tok/s ({r['ceiling']['matmul_gflops']:.0f} GFLOP/s; "
+              f"{r['fraction_of_ceiling']:.0%} reached) |")
+    if "eval" in results:
+        e = results["eval"]
+        torch_rows = {k: v for k, v in e["rows"].items() if v["format"] == "hf"}
+        agree = ", ".join(f"{k} {v['agreement_old_vs_new']['same_answer']}/{v['agreement_old_vs_new']['n']}"
+                          for k, v in torch_rows.items())
+        print(f"| eval | {e['n_items']} × {len(e['rows'])} rows | {e['old_total_s']:.0f} s | "
+              f"{e['new_total_s']:.0f} s | "
+              f"{e['speedup']:.2f}× | torch rows batch {e['hf_batch_old']} in item order → batch {e['hf_batch_new']} "
+              f"shortest prompt first; batch-1 rows {e['batch1_rows_s']:.0f} s both ways | same answer: {agree} | "
+              f"at most {e['speedup_if_torch_rows_were_free']}× with free torch rows |")
 
 
 def measure_teacher(args: argparse.Namespace) -> dict[str, Any]:
@@ -206,13 +395,14 @@ def measure_teacher(args: argparse.Namespace) -> dict[str, Any]:
     recipe, task, items, conversations = demo_jobs(args.n)
     gguf = models.gguf_path(recipe.teacher.model)
     params = SamplingParams(max_tokens=recipe.generate.max_tokens, temperature=0.0, seed=recipe.seed)
-    model = LlamaCppChat(gguf, threads=recipe.teacher.threads, n_ctx=recipe.teacher.n_ctx)
+    model = LlamaCppChat(gguf, threads=recipe.teacher.threads, n_ctx=recipe.teacher.n_ctx,
+                         batch_size=recipe.teacher.batch_size)
     runs: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
     try:
         for rep in range(args.reps):
             order = ("old", "new") if rep % 2 == 0 else ("new", "old")
             for name in order:
-                runs[name].append(run_teacher(model, conversations, params, share=name == "new"))
+                runs[name].append(run_teacher(model, conversations, params, name))
                 print(f"rep {rep + 1} {name}: {runs[name][-1]['seconds']:.1f} s", file=sys.stderr, flush=True)
     finally:
         model.close()
@@ -234,7 +424,9 @@ def measure_teacher(args: argparse.Namespace) -> dict[str, Any]:
         "load_1m": {k: [round(r["load_1m"], 2) for r in v] for k, v in runs.items()},
     }
     if not args.no_ceiling:
-        result["ceiling"] = ceiling(gguf, recipe.teacher.threads, new0["prompt_tokens"], new0["completion_tokens"])
+        result["ceiling"] = ceiling(gguf, recipe.teacher.threads, new0["prompt_tokens"], new0["completion_tokens"],
+                                    new0["prompt_tokens_processed"], model.batch_size)
+        result["fraction_of_engine"] = round(result["ceiling"]["batched_seconds"] / med["new"], 2)
     return result
 
 

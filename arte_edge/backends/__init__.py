@@ -28,7 +28,7 @@ def open_chat_model(spec: ModelSpec, *, seed: int = 0, name: str | None = None) 
         from arte_edge.backends.llamacpp import LlamaCppChat
 
         return LlamaCppChat(models.gguf_path(spec.model), threads=spec.threads, n_ctx=spec.n_ctx, seed=seed,
-                            name=name or spec.model)
+                            name=name or spec.model, batch_size=spec.batch_size)
     from arte_edge.backends.hf import HFChat
 
     return HFChat(models.hf_folder(spec.model), threads=spec.threads, name=name or spec.model)

@@ -47,12 +47,15 @@ def evaluate_model(model: ChatModel, task: Task, items: Sequence[Item], out_path
                    demos: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]]:
     """Answer and check every item; rows already in ``out_path`` are kept (resume). With ``key`` (see
     ``artifacts.content_key``) only rows written under the same key count: a retrained, re-exported or
-    differently run model is scored afresh. ``demos``: (question, answer) turns shown before each item."""
+    differently run model is scored afresh. ``demos``: (question, answer) turns shown before each item.
+    ``batch_size``: items per call and durable write (at least the model's decode batch or window); batched models
+    answer shortest prompts first (:func:`batch_order`)."""
     written = read_jsonl(out_path)
     rows = {r["item_id"]: r for r in written if key is None or r.get("key") == key}
     if len(rows) < len(written):  # rows of another model or runtime (or duplicates): the file keeps only these
         atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.values()))
-    todo = [item for item in items if item.id not in rows]
+    todo = batch_order(model, task, [item for item in items if item.id not in rows])
+    batch_size = max(batch_size, int(getattr(model, "window", 0) or getattr(model, "batch_size", 1) or 1))
     appender = JsonlAppender(out_path)
     with progress(f"evaluate {label}", len(items)) as advance:
         advance(len(items) - len(todo))
@@ -65,6 +68,14 @@ def evaluate_model(model: ChatModel, task: Task, items: Sequence[Item], out_path
             rows.update({r["item_id"]: r for r in new})
             advance(len(batch))
     return [rows[item.id] for item in items]
+
+
+def batch_order(model: ChatModel, task: Task, items: Sequence[Item]) -> list[Item]:
+    """The order to answer ``items`` in: shortest prompt first when ``model`` decodes in left-padded batches (a
+    batch then pads little and its rows end closer together), as given at batch 1 (one conversation at a time)."""
+    if decoding_of(model) == "batch 1":
+        return list(items)
+    return sorted(items, key=lambda item: len(task.user_prompt(item)))
 
 
 def _row(task: Task, item: Item, completion) -> dict[str, Any]:

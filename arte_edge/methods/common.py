@@ -51,8 +51,10 @@ def chat_all(model: ChatModel, conversations: Sequence[Sequence[Message]], param
 
 
 def teacher_window(teacher: ChatModel) -> int:
-    """Candidates produced per batched teacher call: the backend's concurrency or decode batch size."""
-    return max(1, int(getattr(teacher, "parallel", 0) or getattr(teacher, "batch_size", 1) or 1))
+    """Candidates produced per batched teacher call: a server's concurrency, or as many conversations as keep a
+    local batched decoder's slots full (its ``window``), else its decode batch size."""
+    return max(1, int(getattr(teacher, "parallel", 0) or getattr(teacher, "window", 0)
+                      or getattr(teacher, "batch_size", 1) or 1))
 
 
 TEACHER_STYLE = (" Be concise: explain in one to three short sentences, then write the final answer line exactly as"

@@ -36,7 +36,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     from arte_edge import models
     from arte_edge.artifacts import Artifact, as_gguf, content_key, open_artifact
     from arte_edge.evaluation.baselines import annotate
-    from arte_edge.evaluation.scoring import eval_params, evaluate_model
+    from arte_edge.evaluation.scoring import decoding_of, eval_params, evaluate_model
     from arte_edge.evaluation.summary import summarise
     from arte_edge.methods.registry import get_method
     from arte_edge.training.student import adopt_trained, train_and_merge
@@ -68,9 +68,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
         if ctx.recipe.evaluate.quant:
             variant = as_gguf(variant, ctx.run.root, ctx.recipe.evaluate.quant, verify=ctx.recipe.export.verify,
                               threads=ctx.recipe.evaluate.threads)
-        model = open_artifact(variant, ctx.run.root, threads=ctx.recipe.evaluate.threads, device_faithful=True)
+        model = open_artifact(variant, ctx.run.root, threads=ctx.recipe.evaluate.threads, device_faithful=True,
+                              hf_batch_size=ctx.recipe.evaluate.batch_size)
         try:
-            key = content_key(variant, ctx.run.root, params.max_tokens)
+            key = content_key(variant, ctx.run.root, params.max_tokens, decoding_of(model))
             results = evaluate_model(model, ctx.task, items, ctx.run.eval_rows_path(f"variant-{name}"), params,
                                      label=f"variant {name}", key=key)
         finally:

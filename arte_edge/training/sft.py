@@ -4,7 +4,9 @@ Each example becomes a conversational prompt/completion pair, so only the assist
 Checkpoints every ``train.save_steps`` under the folder the caller gives (see :mod:`arte_edge.training.student`
 for folders keyed by what produced them); a killed run resumes from the last checkpoint. Gradient checkpointing is
 off on CPU (slower there); ``train.precision: auto`` is bf16 mixed precision on CUDA with bf16 and fp32 on CPU
-(measured: no faster on an AMX CPU, slower without AMX); ``bf16`` forces autocast anywhere.
+(measured: no faster on an AMX CPU, slower without AMX); ``bf16`` forces autocast anywhere. Batches are
+padding-free by default (``train.padding_free``): the examples of a batch are one sequence, kept apart by their
+position ids, so no padding token is computed.
 """
 
 from __future__ import annotations
@@ -104,9 +106,19 @@ def sft_config(cfg: TrainConfig, output_dir: Path, seed: int, n_rows: int):
         logging_steps=1,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
         bf16=bf16, fp16=False, activation_checkpointing=False,
-        max_length=cfg.max_length, completion_only_loss=True, packing=False, report_to=[], seed=seed,
+        # padding-free: TRL leaves truncation to the caller (see :func:`truncate_examples`)
+        max_length=None if cfg.padding_free else cfg.max_length, padding_free=cfg.padding_free,
+        completion_only_loss=True, packing=False, report_to=[], seed=seed,
         dataloader_num_workers=0, use_cpu=not cuda, disable_tqdm=True, save_only_model=False,
     )
+
+
+def truncate_examples(dataset, max_length: int):
+    """Tokenized examples cut to ``max_length`` tokens from the start, examples left without a completion token
+    dropped: what TRL does in padded mode, which it leaves to the caller with ``padding_free=True``."""
+    dataset = dataset.map(lambda row: {"input_ids": row["input_ids"][:max_length],
+                                       "labels": row["labels"][:max_length]})
+    return dataset.filter(lambda row: any(label != -100 for label in row["labels"]))
 
 
 def lora_config(cfg: TrainConfig):
@@ -132,6 +144,8 @@ def train_adapter(base_dir: Path, examples: list[dict[str, Any]], out_dir: Path,
     dataset = Dataset.from_list(to_prompt_completion(examples))
     trainer = SFTTrainer(model=model, args=sft_config(cfg, work_dir, seed, len(dataset)), train_dataset=dataset,
                          processing_class=tokenizer, peft_config=None if cfg.mode == "full" else lora_config(cfg))
+    if cfg.padding_free:
+        trainer.train_dataset = truncate_examples(trainer.train_dataset, cfg.max_length)
     resume = last_checkpoint(work_dir)
     if resume:
         log(f"train: resuming from {resume}")

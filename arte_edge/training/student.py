@@ -26,8 +26,9 @@ from arte_edge.config import TrainConfig
 from arte_edge.progress import log
 from arte_edge.rundir import atomic_write_json
 
-# TrainConfig fields that change nothing the model learns (where the work runs, how often it is saved).
-NOT_LEARNED = frozenset({"threads", "save_steps"})
+# TrainConfig fields that change nothing the model learns (where the work runs, how often it is saved, how a batch
+# is laid out: padding-free batches give the padded loss to float rounding, tests/training/test_sft.py).
+NOT_LEARNED = frozenset({"threads", "save_steps", "padding_free"})
 RECORD = "training.json"
 
 

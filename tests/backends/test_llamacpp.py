@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from arte_edge.backends.base import SamplingParams
-from arte_edge.backends.llamacpp import shared_prefix_len
+from arte_edge.backends.llamacpp_batched import shared_prefix_len
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,8 @@ def test_shared_prefix_len_leaves_each_prompt_a_token_of_its_own() -> None:
 
 
 def test_batched_decoding_with_a_shared_prefix_matches_batch_one(tiny_gguf: Path) -> None:
-    from arte_edge.backends.llamacpp import BatchedDecoder, LlamaCppChat
+    from arte_edge.backends.llamacpp import LlamaCppChat
+    from arte_edge.backends.llamacpp_batched import BatchedDecoder
 
     system = {"role": "system", "content": "Answer the question. Think step by step and end with 'Answer: N'. " * 3}
     demo = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4.\nAnswer: 4"}]
@@ -52,3 +53,29 @@ def test_batched_decoding_with_a_shared_prefix_matches_batch_one(tiny_gguf: Path
     assert first == shared[0].prompt_tokens and all(0 < r < shared[0].prompt_tokens / 2 for r in rest)
     assert [c.meta["prompt_tokens_processed"] for c in unshared] == [c.prompt_tokens for c in unshared]
     assert sum(c.meta["prompt_tokens_processed"] for c in shared) < 0.5 * sum(c.prompt_tokens for c in shared)
+
+
+def test_continuous_batching_refills_slots_and_matches_batch_one(tiny_gguf: Path) -> None:
+    from arte_edge.backends.llamacpp import LlamaCppChat
+    from arte_edge.methods.common import teacher_window
+
+    system = {"role": "system", "content": "Answer with a number, then stop. " * 4}
+    conversations = [[system, {"role": "user", "content": f"How many legs do {n} spiders have? " * (1 + n % 3)}]
+                     for n in range(11)]
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    model = LlamaCppChat(tiny_gguf, threads=1, n_ctx=512, batch_size=3)
+    try:
+        assert teacher_window(model) == model.window == 12  # a call keeps 3 slots busy with 4 conversations each
+        one_by_one = [model.chat(c, params) for c in conversations]
+        together = model.chat_batch(conversations, params)  # 11 conversations through 3 slots
+        again = model.chat_batch(conversations, params)
+    finally:
+        model.close()
+    assert [c.text for c in together] == [c.text for c in one_by_one]
+    assert [c.text for c in again] == [c.text for c in together]  # the schedule is deterministic
+    assert [c.completion_tokens for c in together] == [c.completion_tokens for c in one_by_one]
+    # the prefix is decoded once for the whole call, not once per slot or per refill
+    processed = [c.meta["prompt_tokens_processed"] for c in together]
+    assert processed[0] == together[0].prompt_tokens
+    assert all(p < c.prompt_tokens for p, c in zip(processed[1:], together[1:], strict=True))
+    assert all(c.seconds > 0 for c in together)
