@@ -196,11 +196,9 @@ def train_ceiling(model_dir: Path, threads: int, rows: int = 512) -> dict[str, A
     """An upper bound on training tokens/s here: torch's own fp32 matmul speed at the model's MLP shape (``rows``
     tokens) over the matmul FLOPs of one trained token — forward 2N plus the backward pass's activation gradients
     2N (the frozen base gets no weight gradients under LoRA), N = weights used in matmuls, the LM head included."""
-    import json as _json
-
     import torch
 
-    cfg = _json.loads((model_dir / "config.json").read_text())
+    cfg = json.loads((model_dir / "config.json").read_text())
     h, inter, layers, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
     kv = h * cfg.get("num_key_value_heads", cfg["num_attention_heads"]) // cfg["num_attention_heads"]
     n = layers * (2 * h * h + 2 * h * kv + 3 * h * inter) + h * vocab

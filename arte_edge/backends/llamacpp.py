@@ -35,7 +35,8 @@ class LlamaCppChat:
         self.n_ctx = n_ctx
         self.threads = threads
         self.batch_size = batch_size  # conversations decoded together by chat_batch
-        self.window = QUEUE_PER_SLOT * batch_size  # conversations worth handing to one chat_batch call
+        # conversations worth handing to one chat_batch call (one at a time: nothing to keep full)
+        self.window = QUEUE_PER_SLOT * batch_size if batch_size > 1 else 1
         self._batched = None
 
     def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:

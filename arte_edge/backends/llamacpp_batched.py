@@ -40,7 +40,6 @@ def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
 class _Seq:
     """One conversation being decoded in a slot."""
 
-    index: int
     prompt: list[int]
     stop: list[str]
     rng: object
@@ -108,7 +107,7 @@ class BatchedDecoder:
         seqs = []
         for i, conv in enumerate(conversations):
             prompt, stop = self._prompt(conv)
-            seqs.append(_Seq(first_index + i, prompt, [*stop, *params.stop],
+            seqs.append(_Seq(prompt, [*stop, *params.stop],
                              np.random.default_rng(params.seed + first_index + i)))
         mem = self.lc.llama_get_memory(self.ctx)
         self.lc.llama_memory_clear(mem, True)
