@@ -181,6 +181,22 @@ def test_equality_assert_split() -> None:
     assert split_equality_assert("assert (") is None
 
 
+def test_tests_are_parsed_under_the_process_wide_ast_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CPython 3.11 fails two threads building ASTs at once ("AST constructor recursion depth mismatch",
+    # cpython#106905): it stopped a HumanEval run whose judging threads split tests. Every parse holds AST_LOCK.
+    import ast
+
+    from arte_edge.sandbox import assert_split
+
+    held = []
+    real_parse = ast.parse
+    monkeypatch.setattr(assert_split.ast, "parse", lambda *a, **k: (held.append(assert_split.AST_LOCK.locked()),
+                                                                    real_parse(*a, **k))[1])
+    assert split_equality_assert("assert f(1) == 2") == ("f(1)", "2", None)
+    assert split_equality_assert("assert f(1) ==") is None
+    assert held == [True, True]
+
+
 def test_error_is_bounded() -> None:
     r = run_tests("def f():\n    raise ValueError('x' * 100000)\n", ["f()", "assert f() == 'y' * 5000"])
     assert all(len(o.error) <= 500 for o in r.outcomes)

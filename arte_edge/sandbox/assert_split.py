@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import ast
+import threading
 from typing import Any
+
+AST_LOCK = threading.Lock()
+"""Held around every AST build of the parent process (``ast.parse``, ``compile``): tests are judged from several
+threads, and CPython 3.11's AST constructor keeps its recursion depth in interpreter-wide state, so two threads
+building ASTs at once can fail with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905;
+it stopped a HumanEval evaluation here)."""
 
 
 def split_equality_assert(test: str) -> tuple[str, str, str | None] | None:
     """For a test that is exactly ``assert LHS == RHS[, MSG]``, return its parts as source."""
     try:
-        tree = ast.parse(test)
+        with AST_LOCK:
+            tree = ast.parse(test)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 
+from arte_edge.sandbox.assert_split import AST_LOCK
 from arte_edge.sandbox.child_runner import CHILD_FUNCTIONS
 from arte_edge.sandbox.settings import SAFE_PATH
 
@@ -43,7 +44,8 @@ def ensure_runner() -> str:
         with open(path, "w", encoding="utf-8") as f:
             f.write(_runner_source())
         os.chmod(path, 0o644)
-        py_compile.compile(path, doraise=True)
+        with AST_LOCK:  # compile builds an AST too
+            py_compile.compile(path, doraise=True)
         for root, dirs, files in os.walk(directory):
             for name in dirs:
                 os.chmod(os.path.join(root, name), 0o755)

@@ -33,6 +33,7 @@ from arte_edge.errors import ArteError
 from arte_edge.methods.persd.judging import Judgement, judge, shown_attempt, stop_regex_for, truncate_at_stop
 from arte_edge.methods.persd.prompts import refine_inference_messages, student_attempt_messages
 from arte_edge.rundir import JsonlAppender, read_jsonl, stable_id
+from arte_edge.sandbox.assert_split import AST_LOCK
 from arte_edge.tasks.base import Item, Task
 
 _DOCTEST = re.compile(r"^\s*>>>\s*(.+?)\s*$")
@@ -67,8 +68,9 @@ def _valid_assert(expr: str, expected: str) -> str | None:
     Docstrings also hold recurrences (``fib4(n) -> fib4(n-1) + ...``) and prose (``true``): not tests.
     """
     try:
-        call = ast.parse(expr, mode="eval").body
-        ast.literal_eval(expected)
+        with AST_LOCK:  # judging threads may be parsing tests at the same time
+            call = ast.parse(expr, mode="eval").body
+            ast.literal_eval(expected)
         if not isinstance(call, ast.Call):
             return None
         for arg in [*call.args, *(k.value for k in call.keywords)]:
