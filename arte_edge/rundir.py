@@ -191,6 +191,10 @@ class RunDir:
         """``eval/<artifact>.jsonl``: per-item predictions of one artifact."""
         return self.path("eval", f"{artifact}.jsonl")
 
+    def eval_batch1_path(self, artifact: str) -> Path:
+        """``eval/<artifact>.batch1.json``: a batched row's check against batch-1 decoding, kept for resumes."""
+        return self.path("eval", f"{artifact}.batch1.json")
+
     @property
     def eval_summary_path(self) -> Path:
         """``eval/summary.json``: accuracy summaries of every scored artifact."""

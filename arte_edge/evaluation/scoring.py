@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from arte_edge.backends.base import ChatModel, Message, SamplingParams
@@ -96,13 +97,26 @@ def decoding_of(model: ChatModel) -> str:
 
 
 def batch1_check(model: ChatModel, task: Task, items: Sequence[Item], rows: Sequence[dict[str, Any]],
-                 params: SamplingParams, demos: Sequence[tuple[str, str]] = (), n: int = 8) -> dict[str, Any]:
+                 params: SamplingParams, demos: Sequence[tuple[str, str]] = (), n: int = 8, *,
+                 cache: Path | None = None, key: str | None = None) -> dict[str, Any]:
     """Re-answer the first ``n`` items one at a time and compare with the batched rows: batched (left-padded)
-    decoding is faster but not batch-invariant, so the report says how close its greedy outputs are."""
+    decoding is faster but not batch-invariant, so the report says how close its greedy outputs are.
+
+    With ``cache`` (a JSON file) the result is kept there with ``key`` (the rows' evaluation key) and the sampled
+    item ids, and a resumed run reuses it instead of decoding the sample again.
+    """
     by_id = {r["item_id"]: r for r in rows}
     sample = [item for item in items if item.id in by_id][:n]
+    ids = [item.id for item in sample]
+    if cache is not None and cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key and saved.get("items") == ids:
+            return {k: saved[k] for k in ("n", "identical", "same_answer")}
     texts = [model.chat(answer_messages(task, item, demos), params).text for item in sample]
     pairs = list(zip(texts, sample, strict=True))
     same_text = sum(t == by_id[i.id]["completion"] for t, i in pairs)
     same_answer = sum(task.check(i, t).predicted == by_id[i.id]["predicted"] for t, i in pairs)
-    return {"n": len(sample), "identical": same_text, "same_answer": same_answer}
+    result = {"n": len(sample), "identical": same_text, "same_answer": same_answer}
+    if cache is not None:
+        atomic_write_text(cache, json.dumps({"key": key, "items": ids, **result}, indent=1))
+    return result

@@ -36,13 +36,13 @@ def run(ctx: RunContext, artifacts: list[Artifact] | None = None) -> dict[str, A
         model = open_artifact(artifact, ctx.run.root, threads=cfg.threads, device_faithful=True,
                               hf_batch_size=cfg.batch_size)
         try:
-            rows_by_artifact[name] = evaluate_model(
-                model, ctx.task, items, ctx.run.eval_rows_path(name), params, label=name, demos=shown,
-                key=content_key(artifact, ctx.run.root, params.max_tokens, decoding_of(model), *shown))
+            key = content_key(artifact, ctx.run.root, params.max_tokens, decoding_of(model), *shown)
+            rows_by_artifact[name] = evaluate_model(model, ctx.task, items, ctx.run.eval_rows_path(name), params,
+                                                    label=name, demos=shown, key=key)
             decoding[name] = {"decoding": decoding_of(model)}
             if decoding[name]["decoding"] != "batch 1":  # fp32 reference rows: batched, checked against batch 1
                 decoding[name]["batch1_check"] = batch1_check(model, ctx.task, items, rows_by_artifact[name], params,
-                                                              shown)
+                                                              shown, cache=ctx.run.eval_batch1_path(name), key=key)
         finally:
             model.close()
     rows_by_artifact.update({alias: rows_by_artifact[name] for alias, name in same_as.items()})

@@ -163,3 +163,24 @@ def test_batched_rows_are_checked_against_batch_one(tmp_path: Path, task) -> Non
     assert decoding_of(model) == "batched 8" and decoding_of(CountingModel()) == "batch 1"
     assert batch1_check(model, task, items(5), rows, params, n=3) == {"n": 3, "identical": 2, "same_answer": 2}
     assert batch1_check(model, task, items(5), rows, params) == {"n": 5, "identical": 4, "same_answer": 4}
+
+
+def test_batch_one_check_is_kept_for_a_resume(tmp_path: Path, task) -> None:
+    from arte_edge.evaluation.scoring import batch1_check
+
+    class Counting(BatchSensitiveModel):
+        singles = 0
+
+        def chat(self, messages: list, params: SamplingParams) -> Completion:
+            Counting.singles += 1
+            return super().chat(messages, params)
+
+    model, params, cache = Counting(), SamplingParams(max_tokens=8), tmp_path / "merged.batch1.json"
+    rows = evaluate_model(model, task, items(5), tmp_path / "rows.jsonl", params)
+    first = batch1_check(model, task, items(5), rows, params, n=3, cache=cache, key="k1")
+    assert first == {"n": 3, "identical": 2, "same_answer": 2} and Counting.singles == 3
+    assert batch1_check(model, task, items(5), rows, params, n=3, cache=cache, key="k1") == first
+    assert Counting.singles == 3  # reused, nothing decoded again
+    batch1_check(model, task, items(5), rows, params, n=3, cache=cache, key="k2")  # other rows: decoded again
+    batch1_check(model, task, items(5), rows, params, n=4, cache=cache, key="k2")  # other sample: decoded again
+    assert Counting.singles == 10
