@@ -91,10 +91,13 @@ def _gate(report: dict[str, Any]) -> list[str]:
 
 
 def _decoding(row: dict[str, Any]) -> str:
-    check = row.get("batch1_check")
+    check, adopted = row.get("batch1_check"), row.get("adopted_from")
+    text = f"{row['name']} {row['decoding']}"
+    if adopted:  # the method scored this very file the same way (evaluation.reuse): its rows, not a second decode
+        text += f" (rows adopted from {', '.join(adopted)}: the same file bytes, runtime and decoding)"
     if not check:
-        return f"{row['name']} {row['decoding']}"
-    return (f"{row['name']} {row['decoding']} (vs batch 1 on {check['n']} items: {check['identical']} identical, "
+        return text
+    return (f"{text} (vs batch 1 on {check['n']} items: {check['identical']} identical, "
             f"{check['same_answer']} same answer)")
 
 

@@ -16,6 +16,8 @@ training data. It is a package under ``arte_edge/methods/`` with one object impl
 - :meth:`trained_students`: arms the method already trained itself (ELAD trains while it selects), as
   ``{arm: work folder}`` laid out like :func:`arte_edge.training.student.train_and_merge` leaves it; the train and
   variants stages reuse those instead of training again. ``"main"`` names the main arm.
+- :meth:`scored_rows`: held-out rows the method already scored with a model file it hands on (ELAD's curve
+  points); the evaluate stage adopts them when its artifact is the same file run the same way.
 - :meth:`evaluate_extra`, :meth:`after_variants`: a method's own evaluation (PERsD's pass@k on HumanEval).
 - :meth:`refresh_report`: re-renders the method's Markdown section(s) under ``report/sections/`` (the report
   appends every section found there; ``arte-edge report`` calls this first).
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from arte_edge.config import Recipe
+    from arte_edge.evaluation.reuse import ScoredRows
     from arte_edge.runctx import RunContext
 
 
@@ -60,6 +63,12 @@ class Method:
     def trained_students(self, ctx: RunContext) -> dict[str, Path]:
         """``{arm: work folder}`` of students this method already trained with the recipe's ``train`` settings."""
         return {}
+
+    def scored_rows(self, ctx: RunContext) -> list[ScoredRows]:
+        """Held-out rows this method already scored while it worked, with the model file that answered them (see
+        :mod:`arte_edge.evaluation.reuse`); the evaluate stage adopts them for a byte-identical artifact run the
+        same way instead of decoding again. Default: none."""
+        return []
 
     def evaluate_extra(self, ctx: RunContext, rows_by_artifact: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         """The method's own evaluation after the evaluate stage (merged into that stage's outputs)."""

@@ -12,8 +12,10 @@ from typing import Any
 
 from arte_edge.artifacts import Artifact, as_gguf, content_key, list_artifacts, open_artifact
 from arte_edge.evaluation.baselines import FORMAT_ONLY, annotate, baselines_record, trivial_baselines
+from arte_edge.evaluation.reuse import ScoredRows, adopt_rows
 from arte_edge.evaluation.scoring import batch1_check, decoding_of, eval_params, evaluate_model, format_demos
 from arte_edge.evaluation.summary import summarise
+from arte_edge.progress import log
 from arte_edge.runctx import RunContext
 from arte_edge.rundir import atomic_write_json
 
@@ -32,14 +34,21 @@ def run(ctx: RunContext, artifacts: list[Artifact] | None = None) -> dict[str, A
         jobs.append((base, FORMAT_ONLY, tuple(demos)))  # the format-only baseline: same model, seeds shown
     rows_by_artifact: dict[str, list[dict[str, Any]]] = {}
     decoding: dict[str, dict[str, Any]] = {}
+    scored = method_scored_rows(ctx)
     for artifact, name, shown in jobs:
         model = open_artifact(artifact, ctx.run.root, threads=cfg.threads, device_faithful=True,
                               hf_batch_size=cfg.batch_size)
         try:
             key = content_key(artifact, ctx.run.root, params.max_tokens, decoding_of(model), *shown)
+            adopted = None if shown else adopt_rows(model, params, [i.id for i in items],
+                                                   ctx.run.eval_rows_path(name), key, scored)
+            if adopted:
+                log(f"{name}: held-out rows adopted from {adopted} (the same file, runtime and decoding)")
             rows_by_artifact[name] = evaluate_model(model, ctx.task, items, ctx.run.eval_rows_path(name), params,
                                                     label=name, demos=shown, key=key)
-            decoding[name] = {"decoding": decoding_of(model)}
+            decoding[name] = {"decoding": decoding_of(model)} | ({"adopted_from": sorted(
+                {r["adopted_from"] for r in rows_by_artifact[name] if r.get("adopted_from")})} if any(
+                r.get("adopted_from") for r in rows_by_artifact[name]) else {})
             if decoding[name]["decoding"] != "batch 1":  # fp32 reference rows: batched, checked against batch 1
                 decoding[name]["batch1_check"] = batch1_check(model, ctx.task, items, rows_by_artifact[name], params,
                                                               shown, cache=ctx.run.eval_batch1_path(name), key=key)
@@ -77,6 +86,13 @@ def in_eval_runtime(ctx: RunContext, chosen: list[Artifact]) -> tuple[list[Artif
     merged_file = next((a.resolve(root) for a in plan if a.role == "merged"), None)
     same_as = {a.name: "merged" for a in plan if a.role == "export" and a.resolve(root) == merged_file}
     return [a for a in plan if a.name not in same_as], same_as
+
+
+def method_scored_rows(ctx: RunContext) -> list[ScoredRows]:
+    """Rows the method scored itself with files the run ships (ELAD's curve points), for adoption."""
+    from arte_edge.methods.registry import get_method
+
+    return get_method(ctx.recipe.method).scored_rows(ctx)
 
 
 def method_evaluation(ctx: RunContext, rows_by_artifact: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

@@ -68,3 +68,14 @@ def test_bytes_per_param_uses_the_merged_students_parameter_count(tmp_path) -> N
               "stage_seconds": {}}
     text = render_markdown(report)
     assert "| size MB | bytes/param |" in text and "| q4 | onnx | int4 | 0.0 | 0.625 |" in text
+
+
+def test_markdown_names_rows_adopted_from_the_methods_own_scoring() -> None:
+    adopted = {**row("base", 0.165, 40), "decoding": "batch 1", "adopted_from": ["elad/base/round-0"]}
+    own = {**row("merged", 0.2, 40), "decoding": "batch 1"}
+    report = {"run": "x", "task": "t", "method": "elad", "teacher": "T", "student": "S", "device": None,
+              "n_eval": 100, "artifacts": [adopted, own], "variants": [], "recommendation": None,
+              "stage_seconds": {}}
+    text = render_markdown(report)
+    assert "base batch 1 (rows adopted from elad/base/round-0: the same file bytes" in text
+    assert "merged batch 1;" in text or text.rstrip().endswith("merged batch 1") or "merged batch 1." in text

@@ -14,10 +14,18 @@ from arte_edge.methods.elad.annotation import Annotator, resolve_checker
 from arte_edge.methods.elad.config import EladConfig
 from arte_edge.methods.elad.loop import LoopEnv, Strategy, StrategyRun, run_loop, strategies_for
 from arte_edge.methods.elad.report import curve_rows, write_report
-from arte_edge.methods.elad.students import StudentOpener, Trainer, default_trainer, student_openers
+from arte_edge.methods.elad.students import (
+    StudentOpener,
+    Trainer,
+    default_trainer,
+    gguf_path,
+    point_key,
+    student_openers,
+)
 from arte_edge.rundir import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
+    from arte_edge.evaluation.reuse import ScoredRows
     from arte_edge.runctx import RunContext
 
 def _setup_text(ctx: RunContext, env: LoopEnv) -> str:
@@ -70,7 +78,7 @@ def write_outputs(ctx: RunContext, env: LoopEnv, strategies: Sequence[Strategy],
     return n_elad
 
 
-def _eval_mode(cfg: EladConfig) -> str:
+def curve_eval_mode(cfg: EladConfig) -> str:
     """The runtime and batch mode curve points are scored in (part of their cache key)."""
     if not cfg.student_quant:
         return "fp32 torch, batched"
@@ -108,7 +116,7 @@ def generate_datasets(ctx: RunContext, *, teacher: ChatModel | None = None,
                       open_eval_student=None if open_student else evaluation,
                       train=trainer or default_trainer(base_dir, recipe),
                       eval_params=eval_params(ctx.task, recipe.evaluate.max_tokens), seed=recipe.seed,
-                      eval_mode=_eval_mode(cfg))
+                      eval_mode=curve_eval_mode(cfg))
         strategies = strategies_for(cfg)
         last = run_loop(env, strategies)
     finally:
@@ -148,4 +156,30 @@ def trained_students(root: Path, cfg: EladConfig) -> dict[str, Path]:
         work = (model_dir if model_dir.is_absolute() else root / model_dir).parent
         if model_dir.name == "merged" and work.resolve().is_relative_to(elad_dir) and (work / "training.json").exists():
             out["main" if strategy.name == "elad" else strategy.name] = work
+    return out
+
+
+def scored_rows(ctx: RunContext) -> list[ScoredRows]:
+    """The held-out rows of every curve point scored as a GGUF (``elad.student_quant``) of the same items and
+    decoding as the evaluate stage, with the file that answered them, for :mod:`arte_edge.evaluation.reuse`."""
+    from arte_edge.evaluation.reuse import ScoredRows
+    from arte_edge.evaluation.scoring import eval_params
+
+    recipe, cfg, root = ctx.recipe, ctx.method_config, ctx.run.root
+    if not cfg.student_quant:
+        return []
+    params, out = eval_params(ctx.task, recipe.evaluate.max_tokens), []
+    for row in curve_rows(root):
+        if not row.get("eval_file") or not row.get("model_dir"):
+            continue
+        model_dir = Path(row["model_dir"])
+        model_dir = model_dir if model_dir.is_absolute() else root / model_dir
+        if not model_dir.exists():
+            continue
+        # only rows scored under this recipe's evaluation settings count (the key the loop writes them under)
+        out.append(ScoredRows(source=f"elad/{row['strategy']}/round-{row['round']}",
+                              model_file=gguf_path(model_dir, root, cfg.student_quant), rows=root / row["eval_file"],
+                              batch_size=1 if cfg.device_faithful_eval else 8, threads=recipe.evaluate.threads,
+                              n_ctx=recipe.student.n_ctx, params=params,
+                              row_key=point_key(model_dir, curve_eval_mode(cfg), params)))
     return out

@@ -17,7 +17,7 @@ from arte_edge.backends.base import ChatModel, SamplingParams
 from arte_edge.errors import ArteError
 from arte_edge.methods.elad.annotation import Annotator, affordable, calls_per_question
 from arte_edge.methods.elad.config import EladConfig
-from arte_edge.methods.elad.students import StudentOpener, Trainer, quantized_dir
+from arte_edge.methods.elad.students import StudentOpener, Trainer, point_key, quantized_dir
 from arte_edge.methods.elad.uncertainty import SCORERS, explain, rank_by_score
 from arte_edge.rundir import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl, stable_id
 from arte_edge.tasks.base import Item, Task
@@ -89,12 +89,8 @@ class LoopEnv:
 
 
 def eval_key(env: LoopEnv, model_dir: Path) -> str:
-    """What a curve point's score depends on: the model (its training key, else its files), the evaluation's runtime
-    and batch mode, and the decoding settings. Cached per-item rows and curve points count only under the same key."""
-    record = model_dir.parent / "training.json"
-    model = json.loads(record.read_text()).get("key") if record.exists() else [
-        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(model_dir.glob("*")) if p.is_file()]
-    return stable_id("elad/eval", model, env.eval_mode, env.eval_params.max_tokens, env.eval_params.stop_regex)
+    """What a curve point's score depends on (see :func:`point_key`) under the loop's evaluation settings."""
+    return point_key(model_dir, env.eval_mode, env.eval_params)
 
 
 def fresh_metrics(env: LoopEnv, row: dict[str, Any], out_dir: Path, label: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from arte_edge.config import Recipe
+from arte_edge.evaluation.reuse import ScoredRows
 from arte_edge.methods.base import Method
 from arte_edge.methods.elad.config import EladConfig
 from arte_edge.runctx import RunContext
@@ -40,6 +41,13 @@ class EladMethod(Method):
         from arte_edge.methods.elad.datasets import trained_students
 
         return trained_students(ctx.run.root, ctx.method_config)
+
+    def scored_rows(self, ctx: RunContext) -> list[ScoredRows]:
+        """Every curve point scored as a GGUF (``elad.student_quant``) whose file is still on disk: the base
+        student's and each strategy's last round, which the evaluate stage would otherwise decode again."""
+        from arte_edge.methods.elad.datasets import scored_rows
+
+        return scored_rows(ctx)
 
     def refresh_report(self, root: Path) -> None:
         """Re-render ``report/sections/elad.md`` and the curve plot from ``elad/curve.jsonl`` (when the run has one)."""

@@ -3,11 +3,13 @@ scoring and evaluation (fp32 torch, or a cached GGUF in llama.cpp)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from arte_edge.backends.base import ChatModel
+from arte_edge.backends.base import ChatModel, SamplingParams
+from arte_edge.rundir import stable_id
 
 if TYPE_CHECKING:
     from arte_edge.config import Recipe
@@ -48,9 +50,8 @@ def default_opener(threads: int, quant: str | None = None, root: Path | None = N
         from arte_edge.export.gguf import cached_gguf
         from arte_edge.progress import log
 
-        inside = root is not None and model_dir.resolve().is_relative_to(root.resolve())
-        out_dir = quantized_dir(model_dir) if inside or root is None else root / "elad" / "base" / "gguf"
-        path = cached_gguf(model_dir, out_dir, quant, "student", log, verify=verify, threads=threads)
+        path = gguf_path(model_dir, root, quant)
+        path = cached_gguf(model_dir, path.parent, quant, "student", log, verify=verify, threads=threads)
         return LlamaCppChat(path, threads=threads, n_ctx=n_ctx, name=f"{model_dir.parent.name}/{model_dir.name}",
                             batch_size=batch_size)
 
@@ -71,3 +72,23 @@ def student_openers(recipe: Recipe, root: Path) -> tuple[StudentOpener, StudentO
 def quantized_dir(model_dir: Path) -> Path:
     """Where the GGUF of a round's merged student goes (removed with it under ``keep_models: last``)."""
     return model_dir.parent / f"{model_dir.name}-gguf"
+
+
+def gguf_path(model_dir: Path, root: Path | None, quant: str) -> Path:
+    """The GGUF of type ``quant`` that :func:`default_opener` runs for ``model_dir``: beside a round's merged folder,
+    or ``root/elad/base/gguf/`` for the base student (a folder outside the run)."""
+    from arte_edge.export.gguf import artifact_name
+    from arte_edge.formats import normalize_qtype
+
+    inside = root is not None and model_dir.resolve().is_relative_to(root.resolve())
+    out_dir = quantized_dir(model_dir) if inside or root is None else root / "elad" / "base" / "gguf"
+    return out_dir / artifact_name("student", normalize_qtype(quant))
+
+
+def point_key(model_dir: Path, eval_mode: str, params: SamplingParams) -> str:
+    """What a curve point's score depends on: the model (its training key, else its files), the evaluation's runtime
+    and batch mode, and the decoding settings. Cached per-item rows and curve points count only under the same key."""
+    record = model_dir.parent / "training.json"
+    model = json.loads(record.read_text()).get("key") if record.exists() else [
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(model_dir.glob("*")) if p.is_file()]
+    return stable_id("elad/eval", model, eval_mode, params.max_tokens, params.stop_regex)

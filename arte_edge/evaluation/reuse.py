@@ -1,0 +1,91 @@
+"""Adopt per-item rows already scored with the very same model file, runtime and decoding.
+
+A method that scores its own students while it works (ELAD scores every curve point one sequence at a time as the
+Q8_0 GGUF it ships as) has already answered the held-out items with a file the evaluate stage would open again. When
+the file is byte-identical (SHA-256), the runtime decodes it the same way (llama.cpp, the same batch mode, threads
+and context) and the decoding settings and prompts match, decoding again would only reproduce those rows: the
+evaluate stage copies them instead, and each adopted row names its source (``adopted_from``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from arte_edge.backends.base import ChatModel, SamplingParams
+from arte_edge.rundir import atomic_write_text, read_jsonl
+
+
+@dataclass(frozen=True)
+class ScoredRows:
+    """Rows a method already scored: ``rows`` (JSONL, one per item) answered by the GGUF ``model_file`` in
+    llama.cpp with ``batch_size`` conversations at a time, ``threads``, ``n_ctx`` and the decoding ``params``
+    (no demonstrations). ``source`` names them in the adopted rows (e.g. ``elad/base``); with ``row_key`` only
+    rows written under that key count (the method's own cache key for that model)."""
+
+    source: str
+    model_file: Path
+    rows: Path
+    batch_size: int
+    threads: int
+    n_ctx: int
+    params: SamplingParams
+    row_key: str | None = None
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (about a second for a 0.5B Q8_0 GGUF), kept for the process while its size and
+    mtime are unchanged."""
+    stat = path.stat()
+    stamp = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if stamp not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+        _DIGESTS[stamp] = digest.hexdigest()
+    return _DIGESTS[stamp]
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def same_run(model: ChatModel, params: SamplingParams, scored: ScoredRows) -> bool:
+    """Whether ``model`` answering with ``params`` (no demonstrations) would decode exactly as ``scored`` did."""
+    path = getattr(model, "path", None)
+    if path is None or not Path(path).is_file() or not scored.model_file.is_file() or not scored.rows.exists():
+        return False
+    runtime = (int(getattr(model, "batch_size", 0) or 0), getattr(model, "threads", None),
+               getattr(model, "n_ctx", None))
+    if runtime != (scored.batch_size, scored.threads, scored.n_ctx) or params != scored.params:
+        return False
+    return file_digest(Path(path)) == file_digest(scored.model_file)
+
+
+def adopt_rows(model: ChatModel, params: SamplingParams, item_ids: list[str], out_path: Path, key: str,
+               candidates: list[ScoredRows]) -> str | None:
+    """Copy into ``out_path`` (under ``key``) the rows of the first candidate that ran the same file the same way,
+    for the items ``out_path`` does not already hold under ``key``; return its ``source``, or None when nothing
+    was copied. Rows already in ``out_path`` under another key are dropped (as :func:`~arte_edge.evaluation.
+    scoring.evaluate_model` would); items the candidate lacks are left for the caller to decode."""
+    kept = {r["item_id"]: r for r in read_jsonl(out_path) if r.get("key") == key}
+    missing = [i for i in item_ids if i not in kept]
+    if not missing:
+        return None
+    for scored in candidates:
+        if not same_run(model, params, scored):
+            continue
+        found = {r["item_id"]: r for r in read_jsonl(scored.rows)
+                 if scored.row_key is None or r.get("key") == scored.row_key}
+        new: dict[str, dict[str, Any]] = {i: {**found[i], "key": key, "adopted_from": scored.source}
+                                          for i in missing if i in found}
+        if not new:
+            continue
+        rows = {**kept, **new}
+        atomic_write_text(out_path, "".join(json.dumps(rows[i], ensure_ascii=False) + "\n"
+                                            for i in item_ids if i in rows))
+        return scored.source
+    return None
