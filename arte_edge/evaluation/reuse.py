@@ -71,6 +71,8 @@ def adopt_rows(model: ChatModel, params: SamplingParams, item_ids: list[str], ou
     for the items ``out_path`` does not already hold under ``key``; return its ``source``, or None when nothing
     was copied. Rows already in ``out_path`` under another key are dropped (as :func:`~arte_edge.evaluation.
     scoring.evaluate_model` would); items the candidate lacks are left for the caller to decode."""
+    if not candidates:
+        return None
     kept = {r["item_id"]: r for r in read_jsonl(out_path) if r.get("key") == key}
     missing = [i for i in item_ids if i not in kept]
     if not missing:
