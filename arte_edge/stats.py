@@ -91,11 +91,30 @@ def mcnemar_mde(n: int, discordant: float, *, alpha: float = 0.05, power: float 
     return min(delta, 1.0)
 
 
+def mcnemar_items_needed(delta: float, discordant: float, *, alpha: float = 0.05,
+                         power: float = 0.8) -> int | None:
+    """Paired items a McNemar test needs to detect an accuracy difference ``delta`` with ``power`` at ``alpha``
+    when a share ``discordant`` of items differ between the arms (Connor 1987; the inverse of
+    :func:`mcnemar_mde`). None when undefined (no difference, no discordance, or ``delta² > discordant``)."""
+    from scipy.stats import norm
+
+    delta = abs(delta)
+    if delta <= 0 or discordant <= 0 or delta * delta > discordant:
+        return None
+    za, zb = norm.ppf(1 - alpha / 2), norm.ppf(power)
+    root = za * math.sqrt(discordant) + zb * math.sqrt(discordant - delta * delta)
+    return math.ceil((root / delta) ** 2)
+
+
 def paired_comparison(a: Sequence[bool], b: Sequence[bool], *, seed: int = 0) -> dict[str, float | int | None]:
     """Everything a report says about arm ``a`` against arm ``b`` on the same items: the difference, its bootstrap
-    95% interval, the exact McNemar p (unadjusted), the discordant counts and the minimum detectable difference."""
+    95% interval, the exact McNemar p (unadjusted), the discordant counts, the minimum detectable difference and
+    ``n_needed``: the items a rerun would need to detect a true difference of the size observed here at the
+    discordance seen (80% power; a planning figure for the next run, not evidence about this one)."""
     diff, low, high = paired_bootstrap(a, b, seed=seed)
     only_a = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
     only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
+    discordant = (only_a + only_b) / len(a)
     return {"n": len(a), "diff": diff, "diff_low": low, "diff_high": high, "p": mcnemar_p(a, b),
-            "only_a": only_a, "only_b": only_b, "mde": mcnemar_mde(len(a), (only_a + only_b) / len(a))}
+            "only_a": only_a, "only_b": only_b, "mde": mcnemar_mde(len(a), discordant),
+            "n_needed": mcnemar_items_needed(diff, discordant)}

@@ -53,3 +53,27 @@ def test_mcnemar_mde_shrinks_with_n_and_matches_the_normal_formula() -> None:
     assert mcnemar_mde(100, 0.3) == pytest.approx(0.1517, abs=2e-3)
     assert mcnemar_mde(400, 0.3) < mcnemar_mde(100, 0.3) / 1.9
     assert mcnemar_mde(100, 0.0) is None
+
+
+def test_items_needed_inverts_the_detectable_difference() -> None:
+    from arte_edge.stats import mcnemar_items_needed, mcnemar_mde
+
+    # PERsD vs StanD on HumanEval: 26 of 164 discordant, observed -4.9 pt (8 more for StanD)
+    needed = mcnemar_items_needed(-8 / 164, 26 / 164)
+    assert needed is not None and 450 < needed < 560
+    assert mcnemar_mde(needed, 26 / 164) == pytest.approx(8 / 164, rel=0.01)  # the MDE at that n is that size
+    for n, d in ((100, 0.3), (400, 0.1), (2000, 0.05)):
+        delta = mcnemar_mde(n, d)
+        assert mcnemar_items_needed(delta, d) in (n, n + 1)  # round trip (ceil)
+    assert mcnemar_items_needed(0.0, 0.2) is None
+    assert mcnemar_items_needed(0.1, 0.0) is None
+
+
+def test_paired_comparison_plans_the_next_run() -> None:
+    from arte_edge.stats import paired_comparison
+
+    a = [True] * 30 + [False] * 70
+    b = [True] * 25 + [False] * 75  # 5 items only a: +5 pt, 5% discordant
+    row = paired_comparison(a, b)
+    assert row["mde"] > 0.05 and row["n_needed"] > 100  # not detectable here, so a rerun needs more items
+    assert paired_comparison(a, a)["n_needed"] is None

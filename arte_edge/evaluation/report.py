@@ -93,7 +93,7 @@ def artifact_rows(run: RunDir, eval_summary: dict[str, Any], bench: dict[str, An
             "top_share": acc.get("top_share"), "answer_histogram": acc.get("answer_histogram"),
             "flags": flags_of(acc, gate), "accuracy_gate": gate,
             "decoding": acc.get("decoding"), "batch1_check": acc.get("batch1_check"),
-            "adopted_from": acc.get("adopted_from"),
+            "adopted_from": acc.get("adopted_from"), "n_adopted": acc.get("n_adopted"),
             **{k: summary.get(k) for k in LATENCY_KEYS},
         })
     return rows

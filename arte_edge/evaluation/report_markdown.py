@@ -94,7 +94,8 @@ def _decoding(row: dict[str, Any]) -> str:
     check, adopted = row.get("batch1_check"), row.get("adopted_from")
     text = f"{row['name']} {row['decoding']}"
     if adopted:  # the method scored this very file the same way (evaluation.reuse): its rows, not a second decode
-        text += f" (rows adopted from {', '.join(adopted)}: the same file bytes, runtime and decoding)"
+        count = f"{row['n_adopted']} of {row['n_eval']} rows" if row.get("n_adopted") is not None else "rows"
+        text += f" ({count} adopted from {', '.join(adopted)}: the same file bytes, runtime and decoding)"
     if not check:
         return text
     return (f"{text} (vs batch 1 on {check['n']} items: {check['identical']} identical, "
@@ -122,14 +123,16 @@ def _arms(report: dict[str, Any]) -> list[str]:
         ref = comparisons[0]["reference"]
         lines += ["", f"Each arm against `{ref}` on the same items: difference with a paired bootstrap 95% interval, "
                   "exact McNemar p, p adjusted by Holm over these comparisons, and the smallest difference these "
-                  "items could detect at 80% power (MDE, from the discordance seen).", "",
-                  "| arm | n | Δ pt | 95% CI pt | only arm / only ref | p | p (Holm) | MDE pt |",
-                  "|---|---:|---:|---|---:|---:|---:|---:|"]
+                  "items could detect at 80% power (MDE, from the discordance seen); *items for Δ*: how many "
+                  "paired items a rerun would need to detect a true difference of the size seen here at the same "
+                  "discordance (a plan for the next run, not evidence; as noisy as the Δ it starts from).", "",
+                  "| arm | n | Δ pt | 95% CI pt | only arm / only ref | p | p (Holm) | MDE pt | items for Δ |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
         for c in comparisons:
             lines.append(f"| {c['label']} | {c['n']} | {_fmt(c['diff'], '+.1f', 100)} | "
                          f"[{_fmt(c['diff_low'], '+.1f', 100)}, {_fmt(c['diff_high'], '+.1f', 100)}] | "
                          f"{c['only_a']} / {c['only_b']} | {_fmt(c['p'], '.3f')} | {_fmt(c['p_holm'], '.3f')} | "
-                         f"{_fmt(c['mde'], '.1f', 100)} |")
+                         f"{_fmt(c['mde'], '.1f', 100)} | {_fmt(c.get('n_needed'), ',.0f')} |")
     return lines
 
 

@@ -1,10 +1,11 @@
 """Adopt per-item rows already scored with the very same model file, runtime and decoding.
 
 A method that scores its own students while it works (ELAD scores every curve point one sequence at a time as the
-Q8_0 GGUF it ships as) has already answered the held-out items with a file the evaluate stage would open again. When
-the file is byte-identical (SHA-256), the runtime decodes it the same way (llama.cpp, the same batch mode, threads
-and context) and the decoding settings and prompts match, decoding again would only reproduce those rows: the
-evaluate stage copies them instead, and each adopted row names its source (``adopted_from``).
+Q8_0 GGUF it ships as) has already answered the held-out items with a file the evaluate stage would open again. The
+method records how it decoded (:func:`runtime_record`: the file's SHA-256, batch mode, threads, context) beside the
+rows. When the evaluate stage's file has those bytes, its runtime decodes the same way and the decoding settings and
+prompts match, decoding again would only reproduce those rows: the evaluate stage copies them instead, and each
+adopted row names its source (``adopted_from``).
 """
 
 from __future__ import annotations
@@ -21,19 +22,30 @@ from arte_edge.rundir import atomic_write_text, read_jsonl
 
 @dataclass(frozen=True)
 class ScoredRows:
-    """Rows a method already scored: ``rows`` (JSONL, one per item) answered by the GGUF ``model_file`` in
-    llama.cpp with ``batch_size`` conversations at a time, ``threads``, ``n_ctx`` and the decoding ``params``
-    (no demonstrations). ``source`` names them in the adopted rows (e.g. ``elad/base``); with ``row_key`` only
-    rows written under that key count (the method's own cache key for that model)."""
+    """Rows a method already scored: ``rows`` (JSONL, one per item) answered in llama.cpp by a GGUF whose bytes had
+    the SHA-256 ``sha256``, ``batch_size`` conversations at a time, with ``threads``, ``n_ctx`` and the decoding
+    ``params`` (no demonstrations), all as recorded when the rows were scored (:func:`runtime_record`).
+    ``source`` names them in the adopted rows (e.g. ``elad/base``); with ``row_key`` only rows written under that
+    key count (the method's own cache key for that model)."""
 
     source: str
-    model_file: Path
+    sha256: str
     rows: Path
     batch_size: int
     threads: int
     n_ctx: int
     params: SamplingParams
     row_key: str | None = None
+
+
+def runtime_record(model: ChatModel) -> dict[str, Any] | None:
+    """How a llama.cpp model decodes, for a method to keep beside the rows it scores: the SHA-256 of its file,
+    its batch size, threads and context. None for a model without a GGUF file (torch, ONNX)."""
+    path = getattr(model, "path", None)
+    if path is None or not Path(path).is_file() or Path(path).suffix != ".gguf":
+        return None
+    return {"sha256": file_digest(Path(path)), "batch_size": int(getattr(model, "batch_size", 0) or 0),
+            "threads": getattr(model, "threads", None), "n_ctx": getattr(model, "n_ctx", None)}
 
 
 def file_digest(path: Path) -> str:
@@ -54,15 +66,13 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def same_run(model: ChatModel, params: SamplingParams, scored: ScoredRows) -> bool:
-    """Whether ``model`` answering with ``params`` (no demonstrations) would decode exactly as ``scored`` did."""
-    path = getattr(model, "path", None)
-    if path is None or not Path(path).is_file() or not scored.model_file.is_file() or not scored.rows.exists():
+    """Whether ``model`` answering with ``params`` (no demonstrations) would decode exactly as ``scored`` did:
+    the same file bytes, runtime and decoding settings."""
+    record = runtime_record(model)
+    if record is None or not scored.rows.exists():
         return False
-    runtime = (int(getattr(model, "batch_size", 0) or 0), getattr(model, "threads", None),
-               getattr(model, "n_ctx", None))
-    if runtime != (scored.batch_size, scored.threads, scored.n_ctx) or params != scored.params:
-        return False
-    return file_digest(Path(path)) == file_digest(scored.model_file)
+    return record == {"sha256": scored.sha256, "batch_size": scored.batch_size, "threads": scored.threads,
+                      "n_ctx": scored.n_ctx} and params == scored.params
 
 
 def adopt_rows(model: ChatModel, params: SamplingParams, item_ids: list[str], out_path: Path, key: str,
@@ -91,3 +101,10 @@ def adopt_rows(model: ChatModel, params: SamplingParams, item_ids: list[str], ou
                                             for i in item_ids if i in rows))
         return scored.source
     return None
+
+
+def adoption(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """For an artifact's summary row: ``adopted_from`` (the sources) and ``n_adopted`` (how many of its ``rows``)
+    when some rows were adopted; empty otherwise."""
+    sources = [r["adopted_from"] for r in rows if r.get("adopted_from")]
+    return {"adopted_from": sorted(set(sources)), "n_adopted": len(sources)} if sources else {}

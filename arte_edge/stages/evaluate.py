@@ -12,7 +12,7 @@ from typing import Any
 
 from arte_edge.artifacts import Artifact, as_gguf, content_key, list_artifacts, open_artifact
 from arte_edge.evaluation.baselines import FORMAT_ONLY, annotate, baselines_record, trivial_baselines
-from arte_edge.evaluation.reuse import ScoredRows, adopt_rows
+from arte_edge.evaluation.reuse import ScoredRows, adopt_rows, adoption
 from arte_edge.evaluation.scoring import batch1_check, decoding_of, eval_params, evaluate_model, format_demos
 from arte_edge.evaluation.summary import summarise
 from arte_edge.progress import log
@@ -37,7 +37,7 @@ def run(ctx: RunContext, artifacts: list[Artifact] | None = None) -> dict[str, A
     scored = method_scored_rows(ctx)
     for artifact, name, shown in jobs:
         model = open_artifact(artifact, ctx.run.root, threads=cfg.threads, device_faithful=True,
-                              hf_batch_size=cfg.batch_size)
+                              n_ctx=ctx.recipe.student.n_ctx, hf_batch_size=cfg.batch_size)
         try:
             key = content_key(artifact, ctx.run.root, params.max_tokens, decoding_of(model), *shown)
             adopted = None if shown else adopt_rows(model, params, [i.id for i in items],
@@ -46,9 +46,7 @@ def run(ctx: RunContext, artifacts: list[Artifact] | None = None) -> dict[str, A
                 log(f"{name}: held-out rows adopted from {adopted} (the same file, runtime and decoding)")
             rows_by_artifact[name] = evaluate_model(model, ctx.task, items, ctx.run.eval_rows_path(name), params,
                                                     label=name, demos=shown, key=key)
-            decoding[name] = {"decoding": decoding_of(model)} | ({"adopted_from": sorted(
-                {r["adopted_from"] for r in rows_by_artifact[name] if r.get("adopted_from")})} if any(
-                r.get("adopted_from") for r in rows_by_artifact[name]) else {})
+            decoding[name] = {"decoding": decoding_of(model), **adoption(rows_by_artifact[name])}
             if decoding[name]["decoding"] != "batch 1":  # fp32 reference rows: batched, checked against batch 1
                 decoding[name]["batch1_check"] = batch1_check(model, ctx.task, items, rows_by_artifact[name], params,
                                                               shown, cache=ctx.run.eval_batch1_path(name), key=key)

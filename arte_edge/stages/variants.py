@@ -36,6 +36,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     from arte_edge import models
     from arte_edge.artifacts import Artifact, as_gguf, content_key, open_artifact
     from arte_edge.evaluation.baselines import annotate
+    from arte_edge.evaluation.reuse import adopt_rows, adoption
     from arte_edge.evaluation.scoring import decoding_of, eval_params, evaluate_model
     from arte_edge.evaluation.summary import summarise
     from arte_edge.methods.registry import get_method
@@ -50,6 +51,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     summary_path = ctx.run.eval_summary_path
     baselines = json.loads(ctx.run.eval_baselines_path.read_text()) if ctx.run.eval_baselines_path.exists() else {}
     already = get_method(ctx.recipe.method).trained_students(ctx)
+    method_rows = get_method(ctx.recipe.method).scored_rows(ctx)  # rows the method scored with the same files
     out: dict[str, Any] = {}
     for name, path in datasets.items():
         rows = read_jsonl(path)
@@ -69,9 +71,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
             variant = as_gguf(variant, ctx.run.root, ctx.recipe.evaluate.quant, verify=ctx.recipe.export.verify,
                               threads=ctx.recipe.evaluate.threads)
         model = open_artifact(variant, ctx.run.root, threads=ctx.recipe.evaluate.threads, device_faithful=True,
-                              hf_batch_size=ctx.recipe.evaluate.batch_size)
+                              n_ctx=ctx.recipe.student.n_ctx, hf_batch_size=ctx.recipe.evaluate.batch_size)
         try:
             key = content_key(variant, ctx.run.root, params.max_tokens, decoding_of(model))
+            adopted = adopt_rows(model, params, [i.id for i in items], ctx.run.eval_rows_path(f"variant-{name}"), key,
+                                 method_rows)
+            if adopted:
+                log(f"variant {name}: held-out rows adopted from {adopted} (the same file, runtime and decoding)")
             results = evaluate_model(model, ctx.task, items, ctx.run.eval_rows_path(f"variant-{name}"), params,
                                      label=f"variant {name}", key=key)
         finally:
@@ -81,7 +87,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         scored = summarise({"base": base_rows, f"variant-{name}": results} if base_rows
                            else {f"variant-{name}": results}, "base" if base_rows else None)
         annotate(scored, {f"variant-{name}": results}, baselines, ctx.recipe.report.max_answer_share)
-        summary[f"variant-{name}"] = scored[f"variant-{name}"] | {"format": variant.format, "quant": variant.quant}
+        summary[f"variant-{name}"] = scored[f"variant-{name}"] | {"format": variant.format, "quant": variant.quant,
+                                                                    **adoption(results)}
         atomic_write_json(summary_path, summary)
         out[name]["accuracy"] = round(summary[f"variant-{name}"]["accuracy"], 4)
     return {"variants": out, **_method_after_variants(ctx)}

@@ -78,4 +78,20 @@ def test_markdown_names_rows_adopted_from_the_methods_own_scoring() -> None:
               "stage_seconds": {}}
     text = render_markdown(report)
     assert "base batch 1 (rows adopted from elad/base/round-0: the same file bytes" in text
+    text = render_markdown({**report, "artifacts": [{**adopted, "n_adopted": 30, "n_eval": 40}, own]})
+    assert "base batch 1 (30 of 40 rows adopted from elad/base/round-0: the same file bytes" in text
     assert "merged batch 1;" in text or text.rstrip().endswith("merged batch 1") or "merged batch 1." in text
+
+
+def test_arm_comparisons_say_how_many_items_a_rerun_would_need() -> None:
+    from arte_edge.stats import paired_comparison
+
+    a, b = [True] * 30 + [False] * 70, [True] * 25 + [False] * 75
+    cmp = {"label": "standard", "reference": "base", "p_holm": 0.1, **paired_comparison(a, b)}
+    report = {"run": "x", "task": "t", "method": "standard", "teacher": "T", "student": "S", "device": None,
+              "n_eval": 100, "artifacts": [row("merged", 0.3, 40)], "variants": [], "recommendation": None,
+              "stage_seconds": {}, "comparisons": [cmp]}
+    text = render_markdown(report)
+    assert "| MDE pt | items for Δ |" in text
+    line = next(x for x in text.splitlines() if x.startswith("| standard | 100 |"))
+    assert line.endswith(f"| {cmp['n_needed']:,} |") and cmp["n_needed"] > 100

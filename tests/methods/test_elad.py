@@ -497,7 +497,7 @@ def test_cached_curve_points_count_only_under_the_same_evaluation_mode(tmp_path:
 
 def test_last_points_are_compared_with_standard_distillation_holm_adjusted(tmp_path: Path) -> None:
     from arte_edge.methods.elad.report import paired_final
-    from arte_edge.stats import mcnemar_p
+    from arte_edge.stats import mcnemar_items_needed, mcnemar_p
 
     root = tmp_path / "run"
     answers = {"standard": [1] * 10 + [0] * 10, "elad": [1] * 18 + [0] * 2, "random": [1] * 10 + [0] * 10}
@@ -516,6 +516,7 @@ def test_last_points_are_compared_with_standard_distillation_holm_adjusted(tmp_p
     assert e["mcnemar_p"] == pytest.approx(2 * 0.5 ** 8, abs=1e-4)
     assert e["p_holm"] == pytest.approx(min(1.0, 2 * e["p"]), abs=1e-4)  # smallest of 2 p-values: × 2
     assert paired["random"]["diff"] == 0 and paired["random"]["p_holm"] == 1.0
+    assert e["n_needed"] == mcnemar_items_needed(0.4, 0.4) and paired["random"]["n_needed"] is None
     # Without a standard arm the strategies are compared with ELAD, as before.
     without = paired_final(root, [r for r in rows if r["strategy"] != "standard"])
     assert [(p["strategy"], p["reference"]) for p in without] == [("random", "elad")]

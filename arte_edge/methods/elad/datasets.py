@@ -18,7 +18,6 @@ from arte_edge.methods.elad.students import (
     StudentOpener,
     Trainer,
     default_trainer,
-    gguf_path,
     point_key,
     student_openers,
 )
@@ -160,26 +159,25 @@ def trained_students(root: Path, cfg: EladConfig) -> dict[str, Path]:
 
 
 def scored_rows(ctx: RunContext) -> list[ScoredRows]:
-    """The held-out rows of every curve point scored as a GGUF (``elad.student_quant``) of the same items and
-    decoding as the evaluate stage, with the file that answered them, for :mod:`arte_edge.evaluation.reuse`."""
+    """The held-out rows of every curve point scored as a GGUF of the same items and decoding as the evaluate stage,
+    with how they were decoded (the file's SHA-256, batch mode, threads, context: the point's ``scored_with``), for
+    :mod:`arte_edge.evaluation.reuse`. Points scored before that record existed are not offered."""
     from arte_edge.evaluation.reuse import ScoredRows
     from arte_edge.evaluation.scoring import eval_params
 
     recipe, cfg, root = ctx.recipe, ctx.method_config, ctx.run.root
-    if not cfg.student_quant:
-        return []
     params, out = eval_params(ctx.task, recipe.evaluate.max_tokens), []
     for row in curve_rows(root):
-        if not row.get("eval_file") or not row.get("model_dir"):
+        record = row.get("scored_with")
+        if not row.get("eval_file") or not row.get("model_dir") or not record:
             continue
         model_dir = Path(row["model_dir"])
         model_dir = model_dir if model_dir.is_absolute() else root / model_dir
         if not model_dir.exists():
             continue
         # only rows scored under this recipe's evaluation settings count (the key the loop writes them under)
-        out.append(ScoredRows(source=f"elad/{row['strategy']}/round-{row['round']}",
-                              model_file=gguf_path(model_dir, root, cfg.student_quant), rows=root / row["eval_file"],
-                              batch_size=1 if cfg.device_faithful_eval else 8, threads=recipe.evaluate.threads,
-                              n_ctx=recipe.student.n_ctx, params=params,
+        out.append(ScoredRows(source=str(Path(row["eval_file"]).parent), sha256=record["sha256"],
+                              rows=root / row["eval_file"], batch_size=record["batch_size"],
+                              threads=record["threads"], n_ctx=record["n_ctx"], params=params,
                               row_key=point_key(model_dir, curve_eval_mode(cfg), params)))
     return out

@@ -120,30 +120,36 @@ def _abs(env: LoopEnv, path: str) -> Path:
     return p if p.is_absolute() else env.root / p
 
 
-def evaluate_dir(env: LoopEnv, model_dir: Path, items: Sequence[Item], out_path: Path, label: str) -> list[bool]:
-    """Per-item correctness of the model in ``model_dir`` (resumable per item)."""
+def evaluate_dir(env: LoopEnv, model_dir: Path, items: Sequence[Item], out_path: Path,
+                 label: str) -> tuple[list[bool], dict[str, Any] | None]:
+    """Per-item correctness of the model in ``model_dir`` (resumable per item), and how the model that answered
+    decoded (:func:`~arte_edge.evaluation.reuse.runtime_record`: its GGUF's SHA-256, batch mode, threads, context;
+    None for a torch model), so the evaluate stage can adopt these rows only for the very same file and runtime."""
+    from arte_edge.evaluation.reuse import runtime_record
     from arte_edge.evaluation.scoring import evaluate_model
 
     if not items:
-        return []
+        return [], None
     model = (env.open_eval_student or env.open_student)(model_dir)
     try:
         rows = evaluate_model(model, env.task, items, out_path, env.eval_params, label=label,
                               key=eval_key(env, model_dir))
+        record = runtime_record(model)
     finally:
         model.close()
-    return [bool(r["correct"]) for r in rows]
+    return [bool(r["correct"]) for r in rows], record
 
 
 def _metrics(env: LoopEnv, model_dir: Path, out_dir: Path, label: str) -> dict[str, Any]:
     from arte_edge.stats import accuracy_summary
 
-    flags = evaluate_dir(env, model_dir, env.eval_items, out_dir / "eval.jsonl", label)
+    flags, record = evaluate_dir(env, model_dir, env.eval_items, out_dir / "eval.jsonl", label)
     summary = accuracy_summary(flags)
-    val = evaluate_dir(env, model_dir, env.val_items, out_dir / "validation.jsonl", f"{label} (validation)")
+    val, _ = evaluate_dir(env, model_dir, env.val_items, out_dir / "validation.jsonl", f"{label} (validation)")
     return {"accuracy": summary["accuracy"], "ci_low": summary["ci_low"], "ci_high": summary["ci_high"],
             "n": summary["n_eval"], "val_accuracy": (sum(val) / len(val)) if val else None,
-            "n_val": len(val), "eval_file": _rel(env, out_dir / "eval.jsonl"), "eval_key": eval_key(env, model_dir)}
+            "n_val": len(val), "eval_file": _rel(env, out_dir / "eval.jsonl"), "eval_key": eval_key(env, model_dir),
+            "scored_with": record}
 
 
 def base_point(env: LoopEnv) -> dict[str, Any]:
@@ -263,7 +269,7 @@ class StrategyRun:
         t0 = time.perf_counter()
         same = str(model_dir) == str(_abs(env, prev["model_dir"]))
         metrics = ({k: prev.get(k) for k in ("accuracy", "ci_low", "ci_high", "n", "val_accuracy", "n_val", "eval_file",
-                                             "eval_key")}
+                                             "eval_key", "scored_with")}
                    if same else _metrics(env, model_dir, round_dir, f"{self.strategy.name} round {r}"))
         timings["eval_s"] = round(time.perf_counter() - t0, 1)
         this_round = [x for x in state.examples + state.rejected if x["meta"]["round"] == r]

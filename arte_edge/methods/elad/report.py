@@ -110,15 +110,18 @@ def render_section(info: dict[str, Any]) -> str:
         ref = info["paired"][0]["reference"]
         lines += ["", f"### Last points vs `{ref}` on the same held-out items (paired)", "",
                   f"| strategy | n | accuracy % | {ref} accuracy % | difference, pt [95% CI] | McNemar p | "
-                  "p (Holm) | detectable difference, pt |", "|---|---:|---:|---:|---|---:|---:|---:|"]
+                  "p (Holm) | detectable difference, pt | items for this difference |",
+                  "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
         lines += [f"| {p['strategy']} | {p['n']} | {_pct(p['accuracy'])} | {_pct(p['reference_accuracy'])} | "
                   f"{100 * p['diff']:+.1f} [{100 * p['diff_low']:+.1f}, {100 * p['diff_high']:+.1f}] | "
                   f"{p['mcnemar_p']} | {p['p_holm']} | "
-                  f"{_pct(p['mde'])} |"
+                  f"{_pct(p['mde'])} | {'–' if p.get('n_needed') is None else format(p['n_needed'], ',')} |"
                   for p in info["paired"]]
         lines += ["", "*difference*: strategy minus the reference, paired bootstrap; *p (Holm)*: exact McNemar "
                   "adjusted over the strategies; *detectable difference*: the smallest difference this n and "
-                  "discordance could detect with 80% power (two-sided α = 0.05)."]
+                  "discordance could detect with 80% power (two-sided α = 0.05); *items for this difference*: the "
+                  "held-out items a rerun would need to detect a true difference of the size seen here at the same "
+                  "discordance (a plan for the next run, not evidence; as noisy as the difference it starts from)."]
     lines += ["", f"![ELAD learning curve]({info['plot_rel_md']})", ""]
     return "\n".join(lines)
 

@@ -62,13 +62,13 @@ def models_to_score(ctx: RunContext, include_variants: bool) -> list[tuple[str, 
     from arte_edge.artifacts import list_artifacts, open_artifact
 
     cfg = ctx.method_config
-    threads, quant = ctx.recipe.evaluate.threads, cfg.eval_quant
+    threads, quant, n_ctx = ctx.recipe.evaluate.threads, cfg.eval_quant, ctx.recipe.student.n_ctx
     out: list[tuple[str, Callable[[], ChatModel]]] = []
     for a in list_artifacts(ctx, include_base=ctx.recipe.evaluate.include_base):
         if quant and a.format == "hf":
             out.append((a.name, lambda a=a: _open_quantized(ctx, a.resolve(ctx.run.root), a.name)))
         elif not (quant and a.name == f"gguf-{quant}"):
-            out.append((a.name, lambda a=a: open_artifact(a, ctx.run.root, threads=threads)))
+            out.append((a.name, lambda a=a: open_artifact(a, ctx.run.root, threads=threads, n_ctx=n_ctx)))
     if include_variants and cfg.eval_variants:
         for name in cfg.variants:
             folder = ctx.run.root / "student" / "variants" / name / "merged"

@@ -53,15 +53,22 @@ def _comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     ref = LABELS.get(comparisons[0]["reference"], comparisons[0]["reference"])
     lines = ["", f"### Each model against {ref} (greedy pass@1, paired by problem)", "",
              "Difference in points with its paired-bootstrap 95% interval; exact McNemar p and p adjusted by Holm "
-             "over these comparisons; the smallest difference these problems could detect (80% power).", "",
-             f"| model | diff vs {ref} (pt) | 95% CI | only model / only {ref} | McNemar p | Holm p | MDD (pt) |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+             "over these comparisons; the smallest difference these problems could detect (80% power); the problems a "
+             "rerun would need to detect a true difference of the size seen here at the same discordance (a plan "
+             "for the next run, not evidence; as noisy as the difference it starts from).", "",
+             f"| model | diff vs {ref} (pt) | 95% CI | only model / only {ref} | McNemar p | Holm p | MDD (pt) | "
+             "problems for this diff |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
     for c in comparisons:
         mde = "–" if c.get("mde") is None else f"{100 * c['mde']:.1f}"
         lines.append(f"| {LABELS.get(c['model'], c['model'])} | {100 * c['diff']:+.1f} | "
                      f"[{100 * c['diff_low']:+.1f}, {100 * c['diff_high']:+.1f}] | {c['only_a']} / {c['only_b']} | "
-                     f"{c['p']:.3g} | {c['p_holm']:.3g} | {mde} |")
+                     f"{c['p']:.3g} | {c['p_holm']:.3g} | {mde} | {_needed(c)} |")
     return lines
+
+
+def _needed(comparison: dict[str, Any]) -> str:
+    return "–" if comparison.get("n_needed") is None else f"{comparison['n_needed']:,}"
 
 
 def _cost_lines(costs: dict[str, dict[str, Any]]) -> list[str]:
