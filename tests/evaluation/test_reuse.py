@@ -94,8 +94,8 @@ def test_evaluate_stage_adopts_elad_curve_rows_for_the_same_gguf(tmp_path: Path,
     """End to end through the stage: ELAD's base point (a real Q8_0 GGUF of the tiny model, scored rows on disk)
     is adopted for the evaluate stage's base row, which exports the same bytes; a changed token limit is not."""
     from arte_edge.artifacts import list_artifacts
-    from arte_edge.export.gguf import cached_gguf
     from arte_edge.evaluation.reuse import runtime_record
+    from arte_edge.export.gguf import cached_gguf
     from arte_edge.methods.elad.students import gguf_path
     from arte_edge.stages import evaluate
     from tests.methods.test_elad import _ctx
