@@ -459,6 +459,9 @@ def test_bare_jsonl_infers_kind(tmp_path: Path) -> None:
     ("Question: The function of cellular photosynthesis is crucial for\nAnswer: D", False),  # no choices
     ("Question: Which platform do remote teams use to meet?\n\nAnswer: Zoom", False),  # no choices, no letter
     ("Question: Which gas do plants take in?\nA. oxygen\nB. carbon dioxide\nAnswer: D", False),  # key not listed
+    ("Question: Which gas do plants take in?\nA. oxygen\nC. carbon dioxide\nAnswer: A", False),  # B skipped
+    # Two questions' choices run together (12 lines, A-J then A, B): the run of 2026-12-05 stopped on one.
+    ("Question: Which gas?\n" + "".join(f"{c}. gas {c}\n" for c in "ABCDEFGHIJAB") + "Answer: B", False),
 ])
 def test_drafted_multiple_choice_questions_need_their_choices(draft: str, usable: bool) -> None:
     from arte_edge.methods.common import read_draft

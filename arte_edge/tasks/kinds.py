@@ -48,9 +48,12 @@ def format_choices(stem: str, choices: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _choice_lines(question: str) -> list[tuple[str, str]]:
+    return re.findall(r"^\s*\(?([A-J])[.)]\s+(.*)$", question, re.MULTILINE)
+
+
 def _choices_in_question(question: str) -> list[str]:
-    found = re.findall(r"^\s*\(?([A-J])[.)]\s+(.*)$", question, re.MULTILINE)
-    return [text for _, text in found]
+    return [text for _, text in _choice_lines(question)]
 
 
 class MultipleChoiceTask(Task):
@@ -76,10 +79,14 @@ class MultipleChoiceTask(Task):
         return list(choices) if choices else _choices_in_question(item.question)
 
     def draft_problem(self, item: Item) -> str | None:
-        """A drafted question must list at least two lettered choices and its key must be one of them."""
+        """A drafted question must list at least two lettered choices, lettered A, B, C, ... once each in order,
+        and its key must be one of them."""
+        letters = "".join(letter for letter, _ in _choice_lines(item.question))
         choices = _choices_in_question(item.question)
         if len(choices) < 2:
             return "drafted question lists no choices ('A. ...' lines)"
+        if letters != LETTERS[: len(letters)]:
+            return f"drafted choices are lettered {', '.join(letters)}, not A, B, C, ... once each"
         if item.answer not in LETTERS[: len(choices)]:
             return f"drafted key {item.answer!r} is not one of the {len(choices)} listed choices"
         return None
