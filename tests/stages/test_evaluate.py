@@ -109,20 +109,25 @@ def test_pipeline_with_evaluate_quant_scores_base_and_merged_as_gguf(tmp_path: P
     assert report["artifacts"][3]["decode_tok_s"] > 0
 
 
+def _variant_recipe():
+    from arte_edge.recipes import validate_recipe
+
+    return validate_recipe({"name": "v", "task": str(ARITH), "teacher": {"model": "t"}, "student": {"model": "s"},
+                            "splits": {"seeds": 2, "train_pool": 10, "eval": 6},
+                            "evaluate": {"quant": "q8_0", "max_tokens": 8, "threads": 1}}, "test")
+
+
 def test_variants_are_scored_in_the_evaluate_quant_runtime(tmp_path: Path, tiny_model_dir: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
     from arte_edge import models
-    from arte_edge.recipes import validate_recipe
     from arte_edge.runctx import RunContext
     from arte_edge.rundir import RunDir
     from arte_edge.stages import variants
     from arte_edge.training import merge, sft
 
-    recipe = validate_recipe({"name": "v", "task": str(ARITH), "teacher": {"model": "t"}, "student": {"model": "s"},
-                              "splits": {"seeds": 2, "train_pool": 10, "eval": 6},
-                              "evaluate": {"quant": "q8_0", "max_tokens": 8, "threads": 1}}, "test")
+    recipe = _variant_recipe()
     folder = tmp_path / "data" / "variants" / "stand"
     folder.mkdir(parents=True)
     (folder / "examples.jsonl").write_text(json.dumps({"id": "a", "messages": [], "meta": {}}) + "\n")
@@ -184,3 +189,56 @@ def test_batch_one_check_is_kept_for_a_resume(tmp_path: Path, task) -> None:
     batch1_check(model, task, items(5), rows, params, n=3, cache=cache, key="k2")  # other rows: decoded again
     batch1_check(model, task, items(5), rows, params, n=4, cache=cache, key="k2")  # other sample: decoded again
     assert Counting.singles == 10
+
+
+def test_variants_adopt_rows_the_method_scored_with_the_same_file(tmp_path: Path, tiny_model_dir: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A method that already scored a variant's student (the same GGUF bytes, batch 1, the stage's threads, context
+    and decoding) has its rows copied with their source named; rows scored from other bytes are decoded again."""
+    from arte_edge.evaluation.reuse import ScoredRows, file_digest
+    from arte_edge.evaluation.scoring import eval_params
+    from arte_edge.methods import registry
+    from arte_edge.runctx import RunContext
+    from arte_edge.rundir import RunDir
+    from arte_edge.stages import variants
+
+    test_variants_are_scored_in_the_evaluate_quant_runtime(tmp_path, tiny_model_dir, monkeypatch)
+    ctx = RunContext(_variant_recipe(), RunDir(tmp_path))
+    items = ctx.split("eval")
+    gguf = tmp_path / "eval" / "models" / "variant-stand" / "variant-stand.q8_0.gguf"
+    decoded = read_jsonl(tmp_path / "eval" / "variant-stand.jsonl")
+    method_rows = tmp_path / "method" / "stand.jsonl"
+    method_rows.parent.mkdir()
+    method_rows.write_text("".join(json.dumps({"item_id": it.id, "correct": True, "correct_flexible": True,
+                                               "predicted": it.answer, "reason": "", "completion": "METHOD ROW",
+                                               "prompt_tokens": 9, "completion_tokens": 3, "seconds": 0.1,
+                                               "key": "m"}) + "\n" for it in items))
+
+    class ScoredMethod:
+        def __init__(self, sha256: str) -> None:
+            self.sha256 = sha256
+
+        def trained_students(self, ctx: RunContext) -> dict:
+            return {}
+
+        def scored_rows(self, ctx: RunContext) -> list[ScoredRows]:
+            return [ScoredRows("method/stand", self.sha256, method_rows, batch_size=1, threads=1,
+                               n_ctx=ctx.recipe.student.n_ctx, params=eval_params(ctx.task, 8), row_key="m")]
+
+        def after_variants(self, ctx: RunContext) -> None:
+            return None
+
+    def rerun(sha256: str) -> tuple[list[dict], dict]:
+        (tmp_path / "eval" / "variant-stand.jsonl").unlink()
+        monkeypatch.setattr(registry, "get_method", lambda name: ScoredMethod(sha256))
+        variants.run(ctx)
+        return (read_jsonl(tmp_path / "eval" / "variant-stand.jsonl"),
+                json.loads((tmp_path / "eval" / "summary.json").read_text())["variant-stand"])
+
+    rows, summary = rerun("0" * 64)  # scored by other bytes: the stage decodes for itself
+    assert [r["completion"] for r in rows] == [r["completion"] for r in decoded] and "adopted_from" not in summary
+    rows, summary = rerun(file_digest(gguf))
+    assert [r["completion"] for r in rows] == ["METHOD ROW"] * len(items)
+    assert {r["adopted_from"] for r in rows} == {"method/stand"}
+    assert summary["adopted_from"] == ["method/stand"] and summary["n_adopted"] == len(items)
+    assert summary["accuracy"] == 1.0
