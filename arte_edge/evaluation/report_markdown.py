@@ -69,10 +69,13 @@ def _artifacts(report: dict[str, Any]) -> list[str]:
     lines += [f"- {r['name']}: {_histogram(r.get('answer_histogram'))}" for r in report["artifacts"]]
     decoded = [r for r in report["artifacts"] if r.get("decoding")]
     if decoded:
-        lines += ["", "Decoding while scoring (greedy): " + "; ".join(_decoding(r) for r in decoded) + ". Batched "
-                  "rows are fp32 references (left-padded batches are not batch-invariant: the check re-answers "
-                  "their first items one at a time); shipped files are scored one sequence at a time, as a device "
-                  "runs them."]
+        if any(r["decoding"] != "batch 1" for r in decoded):
+            why = ("Batched rows are fp32 references (left-padded batches are not batch-invariant: the check "
+                   "re-answers their first items one at a time); shipped files are scored one sequence at a time, "
+                   "as a device runs them.")
+        else:
+            why = "Every row is scored one sequence at a time, as a device runs it."
+        lines += ["", "Decoding while scoring (greedy): " + "; ".join(_decoding(r) for r in decoded) + ". " + why]
     return lines
 
 

@@ -95,3 +95,17 @@ def test_arm_comparisons_say_how_many_items_a_rerun_would_need() -> None:
     assert "| MDE pt | items for Δ |" in text
     line = next(x for x in text.splitlines() if x.startswith("| standard | 100 |"))
     assert line.endswith(f"| {cmp['n_needed']:,} |") and cmp["n_needed"] > 100
+
+
+def test_decoding_line_speaks_of_batched_rows_only_when_one_is_batched() -> None:
+    shipped = {**row("gguf-q8_0", 0.3, 40), "decoding": "batch 1"}
+    report = {"run": "x", "task": "t", "method": "standard", "teacher": "T", "student": "S", "device": None,
+              "n_eval": 100, "artifacts": [{**row("base", 0.2, 40), "decoding": "batch 1"}, shipped], "variants": [],
+              "recommendation": None, "stage_seconds": {}}
+    text = render_markdown(report)
+    assert "Every row is scored one sequence at a time" in text and "Batched rows" not in text
+    batched = {**row("merged", 0.3, 20), "decoding": "batched 16",
+               "batch1_check": {"n": 8, "identical": 7, "same_answer": 8}}
+    text = render_markdown({**report, "artifacts": [batched, shipped]})
+    assert "merged batched 16 (vs batch 1 on 8 items: 7 identical, 8 same answer)" in text
+    assert "Batched rows are fp32 references" in text and "Every row is scored" not in text
