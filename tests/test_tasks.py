@@ -478,3 +478,26 @@ def test_drafted_numeric_questions_need_only_a_number() -> None:
 
     item, _ = read_draft(get_task("gsm8k"), "Question: Tom has 3 apples and buys 4. How many now?\nAnswer: 7", "g/d")
     assert item is not None and item.answer == "7"
+
+
+
+@pytest.mark.parametrize("choices", [
+    "A) oxygen\nB) carbon dioxide\nC) helium",
+    "(A) oxygen\n(B) carbon dioxide\n(C) helium",
+    "A. oxygen\nB. carbon\n   dioxide\nC. helium",  # a choice wrapped onto a second line
+])
+def test_drafted_choices_may_use_the_usual_label_styles(choices: str) -> None:
+    from arte_edge.methods.common import read_draft
+
+    task = get_task("arc_easy")
+    item, why = read_draft(task, f"Question: Which gas do plants take in?\n{choices}\nAnswer: B", "arc_easy/draft")
+    assert item is not None and why == ""
+    assert len(task.item_choices(item)) == 3 and task.item_choices(item)[0] == "oxygen"
+
+
+def test_a_bare_choice_label_does_not_take_the_next_line_as_its_text() -> None:
+    from arte_edge.methods.common import read_draft
+
+    task = get_task("arc_easy")
+    item, why = read_draft(task, "Question: Which gas?\nA.\nB. oxygen\nC. helium\nAnswer: B", "arc_easy/draft")
+    assert item is None and "lettered B, C" in why  # "A." alone is no choice line (it once swallowed "B. oxygen")

@@ -74,7 +74,7 @@ def _artifacts(report: dict[str, Any]) -> list[str]:
                    "re-answers their first items one at a time); shipped files are scored one sequence at a time, "
                    "as a device runs them.")
         else:
-            why = "Every row is scored one sequence at a time, as a device runs it."
+            why = "Every row is scored one sequence at a time (batch 1)."
         lines += ["", "Decoding while scoring (greedy): " + "; ".join(_decoding(r) for r in decoded) + ". " + why]
     return lines
 

@@ -49,7 +49,12 @@ def format_choices(stem: str, choices: Sequence[str]) -> str:
 
 
 def _choice_lines(question: str) -> list[tuple[str, str]]:
-    return re.findall(r"^\s*\(?([A-J])[.)]\s+(.*)$", question, re.MULTILINE)
+    """``(letter, text)`` of each line of ``question`` that starts with a choice label (``A.``, ``A)``, ``(A)``).
+
+    A stem line that looks like one (a Roman numeral ``I. ...``, an initial ``J. Smith ...``) counts too, so a
+    drafted question with such a line is refused by :meth:`MultipleChoiceTask.draft_problem` rather than misread.
+    """
+    return re.findall(r"^[ \t]*\(?([A-J])[.)][ \t]+(.*)$", question, re.MULTILINE)
 
 
 def _choices_in_question(question: str) -> list[str]:

@@ -117,8 +117,9 @@ def _variant_recipe():
                             "evaluate": {"quant": "q8_0", "max_tokens": 8, "threads": 1}}, "test")
 
 
-def test_variants_are_scored_in_the_evaluate_quant_runtime(tmp_path: Path, tiny_model_dir: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def _run_variants_stage(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Run the variants stage once on a one-example `stand` variant of the tiny model (training and merging
+    replaced by a copy of the base folder); returns the stage's outputs."""
     import shutil
 
     from arte_edge import models
@@ -142,7 +143,12 @@ def test_variants_are_scored_in_the_evaluate_quant_runtime(tmp_path: Path, tiny_
     monkeypatch.setattr(merge, "merge_adapter",
                         lambda base, adapter, merged, threads: (shutil.copytree(base, merged), {})[1])
 
-    out = variants.run(RunContext(recipe, RunDir(tmp_path)))
+    return variants.run(RunContext(recipe, RunDir(tmp_path)))
+
+
+def test_variants_are_scored_in_the_evaluate_quant_runtime(tmp_path: Path, tiny_model_dir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    out = _run_variants_stage(tmp_path, tiny_model_dir, monkeypatch)
     row = json.loads((tmp_path / "eval" / "summary.json").read_text())["variant-stand"]
     assert (row["format"], row["quant"], row["n_eval"]) == ("gguf", "q8_0", 6)
     assert out["variants"]["stand"]["accuracy"] == row["accuracy"]
@@ -202,7 +208,7 @@ def test_variants_adopt_rows_the_method_scored_with_the_same_file(tmp_path: Path
     from arte_edge.rundir import RunDir
     from arte_edge.stages import variants
 
-    test_variants_are_scored_in_the_evaluate_quant_runtime(tmp_path, tiny_model_dir, monkeypatch)
+    _run_variants_stage(tmp_path, tiny_model_dir, monkeypatch)
     ctx = RunContext(_variant_recipe(), RunDir(tmp_path))
     items = ctx.split("eval")
     gguf = tmp_path / "eval" / "models" / "variant-stand" / "variant-stand.q8_0.gguf"
