@@ -152,7 +152,7 @@ def open_artifact(artifact: Artifact, root: Path, *, threads: int = 2, n_ctx: in
     ``device_faithful``: decode a GGUF one conversation at a time, as the device will. Batched llama.cpp
     decoding is faster for big models but changes float rounding, so greedy text can differ from batch-1
     (seen on 19 of 48 SmolLM2 answers here); accuracy must be that of the shipped runtime. ``hf_batch_size``: rows
-    per left-padded batch of a torch (fp32) model.
+    decoded together (continuous batching) by a torch (fp32) model.
     """
     path = artifact.resolve(root)
     if not path.exists():

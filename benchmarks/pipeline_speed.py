@@ -19,10 +19,11 @@ Stages (issue 16, item 4); *old* is the code before issue 16 (``git show 7ef64cb
   (real tokens, both ways), the loss at every logged step of both (max absolute difference).
 
 - ``eval``: the demo run's evaluate stage on its first ``--eval-items`` held-out items (needs a finished demo in
-  runs/demo). Torch (fp32) rows: *old* items in order in left-padded batches of 8; *new* shortest prompt first in
-  batches of ``evaluate.batch_size``; alternating. Shipped-artifact rows (GGUF, ONNX) are decoded one at a time
-  either way (device-faithful), so they are timed once and added to both totals; the table says how fast the
-  stage could be at most if the torch rows cost nothing.
+  runs/demo). Torch (fp32) rows: *old* items in order in left-padded ``generate`` batches of 8, each waiting for
+  its longest answer; *new* shortest prompt first, continuous batching of ``evaluate.batch_size`` rows (a finished
+  row's place taken by the next item, the shared prompt prefix decoded once); alternating. Shipped-artifact rows
+  (GGUF, ONNX) are decoded one at a time either way (device-faithful), so they are timed once and added to both
+  totals; the table says how fast the stage could be at most if the torch rows cost nothing.
 
     .venv/bin/python benchmarks/pipeline_speed.py --n 160 --reps 3
 
@@ -267,8 +268,9 @@ def eval_jobs(recipe: Any, task: Any, n: int) -> tuple[list[Any], list[tuple[Any
 
 def score_row(artifact: Any, root: Path, task: Any, items: list[Any], demos: tuple, params: Any, threads: int,
               hf_batch: int, path: str) -> dict[str, Any]:
-    """One evaluate-stage row without writing it: ``old`` = items in order, torch rows in batches of 8 (the code
-    before issue 16); ``new`` = :func:`batch_order`, ``evaluate.batch_size`` and the stage's batch-1 check on 8 items.
+    """One evaluate-stage row without writing it: ``old`` = items in order, torch rows in ``generate`` batches of 8
+    (the code before issue 16); ``new`` = :func:`batch_order`, continuous batching of ``evaluate.batch_size`` rows
+    (the stage's calls of ``window`` items) and the stage's batch-1 check on 8 items.
     GGUF/ONNX rows: batch 1 either way."""
     from arte_edge.artifacts import open_artifact
     from arte_edge.evaluation.scoring import answer_messages, batch1_check, batch_order, decoding_of
@@ -277,7 +279,9 @@ def score_row(artifact: Any, root: Path, task: Any, items: list[Any], demos: tup
                           hf_batch_size=BASELINE_HF_BATCH if path == "old" else hf_batch)
     try:
         order = list(items) if path == "old" else batch_order(model, task, items)
-        chunk = max(8, int(getattr(model, "batch_size", 1) or 1))
+        if path == "old" and hasattr(model, "continuous"):
+            model.continuous = False  # before issue 16: one generate call per batch, no shared prefix
+        chunk = 8 if path == "old" else max(8, int(getattr(model, "window", 0) or getattr(model, "batch_size", 1)))
         load = os.getloadavg()[0]
         start = time.perf_counter()
         texts: dict[str, str] = {}
@@ -379,8 +383,9 @@ def main(argv: list[str] | None = None) -> None:
                           for k, v in torch_rows.items())
         print(f"| eval | {e['n_items']} × {len(e['rows'])} rows | {e['old_total_s']:.0f} s | "
               f"{e['new_total_s']:.0f} s | "
-              f"{e['speedup']:.2f}× | torch rows batch {e['hf_batch_old']} in item order → batch {e['hf_batch_new']} "
-              f"shortest prompt first; batch-1 rows {e['batch1_rows_s']:.0f} s both ways | same answer: {agree} | "
+              f"{e['speedup']:.2f}× | torch rows generate batches of {e['hf_batch_old']} in item order → continuous "
+              f"batching of {e['hf_batch_new']}, shortest prompt first, shared prefix once; batch-1 rows "
+              f"{e['batch1_rows_s']:.0f} s both ways | same answer: {agree} | "
               f"at most {e['speedup_if_torch_rows_were_free']}× with free torch rows |")
 
 

@@ -1,4 +1,9 @@
-"""Hugging Face transformers models (torch): reference fp32 path and trained students."""
+"""Hugging Face transformers models (torch): reference fp32 path and trained students.
+
+Greedy batches go through continuous batching (:mod:`arte_edge.backends.hf_batched`): a finished row leaves the
+batch and the next conversation takes its place, and a prompt prefix shared by every conversation of a call
+(system prompt, few-shot turns) is decoded once. Sampled batches and single conversations use ``model.generate``.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from arte_edge.backends.base import Completion, Message, SamplingParams
+from arte_edge.backends.llamacpp_batched import shared_prefix_len
 
 if TYPE_CHECKING:
     from transformers import StoppingCriteriaList
+
+MIN_SHARED_PREFIX = 16  # shorter common prefixes are decoded with each row
+WINDOW_BATCHES = 4  # conversations per evaluate call = 4 batches, so finished rows are replaced from the queue
 
 
 class HFChat:
@@ -31,11 +40,17 @@ class HFChat:
         self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
         self.model.eval()
         self.batch_size = batch_size
+        self.window = WINDOW_BATCHES * batch_size if batch_size > 1 else 1
+        self.continuous = True  # False: one generate call per batch, which waits for its longest row
 
     def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
         return self.chat_batch([messages], params)[0]
 
     def chat_batch(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
+        """Answer every conversation, ``batch_size`` at a time: greedy ones with continuous batching (see the module
+        docstring), sampled ones in ``generate`` batches seeded by ``params.seed``."""
+        if self.continuous and params.temperature <= 0 and len(conversations) > 1 and self.batch_size > 1:
+            return self._continuous(conversations, params)
         out: list[Completion] = []
         for i in range(0, len(conversations), self.batch_size):
             out.extend(self._generate(conversations[i:i + self.batch_size], params))
@@ -68,6 +83,34 @@ class HFChat:
             stopped = stopped or bool(params.stop_regex and re.search(params.stop_regex, text))
             finish = "stop" if stopped or n_new < params.max_tokens else "length"
             results.append(Completion(text, int(mask.sum()), n_new, finish, seconds))
+        return results
+
+    def _continuous(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
+        from arte_edge.backends.hf_batched import TorchBatchedDecoder
+
+        start = time.perf_counter()
+        prompts = [self.tokenizer(self.tokenizer.apply_chat_template(list(c), tokenize=False,
+                                                                     add_generation_prompt=True),
+                                  add_special_tokens=False)["input_ids"] for c in conversations]
+        shared = shared_prefix_len(prompts)
+        pattern = re.compile(params.stop_regex) if params.stop_regex else None
+
+        def stopped(tokens: list[int]) -> bool:
+            if not params.stop and pattern is None:
+                return False
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            return any(s in text for s in params.stop if s) or bool(pattern and pattern.search(text))
+
+        decoder = TorchBatchedDecoder(self.model, n_rows=self.batch_size, eos_ids=self._eos_ids(),
+                                      pad_id=self.tokenizer.pad_token_id)
+        outs = decoder.generate(prompts, params.max_tokens, stopped,
+                                shared=shared if shared >= MIN_SHARED_PREFIX else 0)
+        seconds = (time.perf_counter() - start) / len(conversations)
+        results = []
+        for prompt, (tokens, finished) in zip(prompts, outs, strict=True):
+            text, cut = _cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), params.stop)
+            results.append(Completion(text, len(prompt), len(tokens), "stop" if finished or cut else "length",
+                                      seconds))
         return results
 
     def _eos_ids(self) -> list[int]:

@@ -72,8 +72,8 @@ def evaluate_model(model: ChatModel, task: Task, items: Sequence[Item], out_path
 
 
 def batch_order(model: ChatModel, task: Task, items: Sequence[Item]) -> list[Item]:
-    """The order to answer ``items`` in: shortest prompt first when ``model`` decodes in left-padded batches (a
-    batch then pads little and its rows end closer together), as given at batch 1 (one conversation at a time)."""
+    """The order to answer ``items`` in: shortest prompt first when ``model`` decodes in batches (a
+    batch then pads little), as given at batch 1 (one conversation at a time)."""
     if decoding_of(model) == "batch 1":
         return list(items)
     return sorted(items, key=lambda item: len(task.user_prompt(item)))
@@ -99,7 +99,7 @@ def decoding_of(model: ChatModel) -> str:
 def batch1_check(model: ChatModel, task: Task, items: Sequence[Item], rows: Sequence[dict[str, Any]],
                  params: SamplingParams, demos: Sequence[tuple[str, str]] = (), n: int = 8, *,
                  cache: Path | None = None, key: str | None = None) -> dict[str, Any]:
-    """Re-answer the first ``n`` items one at a time and compare with the batched rows: batched (left-padded)
+    """Re-answer the first ``n`` items one at a time and compare with the batched rows: batched
     decoding is faster but not batch-invariant, so the report says how close its greedy outputs are.
 
     With ``cache`` (a JSON file) the result is kept there with ``key`` (the rows' evaluation key) and the sampled
