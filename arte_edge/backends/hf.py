@@ -41,7 +41,11 @@ class HFChat:
         self.model.eval()
         self.batch_size = batch_size
         self.window = WINDOW_BATCHES * batch_size if batch_size > 1 else 1
-        self.continuous = True  # False: one generate call per batch, which waits for its longest row
+        from arte_edge.backends.hf_batched import supports_model
+
+        # continuous batching when it decodes as generate would (False: one generate call per batch, which waits
+        # for its longest row)
+        self.continuous = supports_model(self.model)
 
     def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
         return self.chat_batch([messages], params)[0]
@@ -75,9 +79,10 @@ class HFChat:
                 stopping_criteria=criteria)
         seconds = (time.perf_counter() - start) / max(1, len(conversations))
         results = []
+        eos = set(self._eos_ids())
         for row, mask in zip(gen, enc["attention_mask"], strict=True):
-            new = row[prompt_len:]
-            n_new = int((new != self.tokenizer.pad_token_id).sum())
+            new = _own_tokens(row[prompt_len:].tolist(), eos, self.tokenizer.pad_token_id)
+            n_new = len(new)
             text = self.tokenizer.decode(new, skip_special_tokens=True)
             text, stopped = _cut_at_stop(text, params.stop)
             stopped = stopped or bool(params.stop_regex and re.search(params.stop_regex, text))
@@ -121,6 +126,17 @@ class HFChat:
 
     def close(self) -> None:
         self.model = None
+
+
+def _own_tokens(new: list[int], eos: set[int], pad: int) -> list[int]:
+    """A row's generated tokens without the EOS that ended it and the padding ``generate`` added after it (the same
+    count the continuous path and llama.cpp report)."""
+    cut = next((k for k, tok in enumerate(new) if tok in eos), None)
+    if cut is not None:
+        return new[:cut]
+    while new and new[-1] == pad:  # a row a stopping criterion ended is padded to the batch's length
+        new = new[:-1]
+    return new
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

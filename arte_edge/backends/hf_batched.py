@@ -9,7 +9,8 @@ mask says which cells count), so rows of different lengths share one cache, each
 left; columns no row needs any more are trimmed. A prompt prefix shared by every conversation is decoded once and
 its cells copied to each new row.
 
-Greedy only; outputs equal one-at-a-time decoding up to float rounding (batched matmuls are not batch-invariant),
+Greedy only, and only for models :func:`supports_model` accepts; outputs equal one-at-a-time decoding up to float
+rounding (batched matmuls are not batch-invariant),
 which is why the evaluate stage still re-answers a sample one at a time and reports the agreement.
 """
 
@@ -34,12 +35,25 @@ class _Row:
     next_pos: int = 0  # position of the token fed at the next step
 
 
-def plain_dynamic_cache(cache) -> bool:
-    """Whether ``cache`` is a DynamicCache of full-attention layers only (what rows can be dropped from and joined)."""
+# generation_config fields that make ``generate``'s greedy choice differ from a plain argmax, with their neutral values
+_LOGITS_SETTINGS = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
+                    "suppress_tokens": (None, []), "begin_suppress_tokens": (None, []), "sequence_bias": (None,),
+                    "min_new_tokens": (None, 0), "min_length": (None, 0), "forced_bos_token_id": (None,),
+                    "forced_eos_token_id": (None,), "encoder_repetition_penalty": (None, 1.0)}
+
+
+def supports_model(model) -> bool:
+    """Whether :class:`TorchBatchedDecoder` decodes ``model`` as ``generate`` would, greedily: every cache layer is
+    full attention (rows can be dropped, joined and padded; sliding-window layers count positions, not cells) and the
+    model's generation_config changes no logits (``_LOGITS_SETTINGS``: a repetition penalty, suppressed tokens...)."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    return isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers)
+    cache = DynamicCache(config=model.config)
+    if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return False
+    gen = model.generation_config
+    return all(getattr(gen, name, None) in neutral for name, neutral in _LOGITS_SETTINGS.items())
 
 
 class TorchBatchedDecoder:
@@ -60,7 +74,8 @@ class TorchBatchedDecoder:
         prefix = None
         if shared:
             with torch.inference_mode():
-                prefix = self.model(torch.tensor([prompts[0][:shared]]), use_cache=True).past_key_values
+                prefix = self.model(torch.tensor([prompts[0][:shared]]), past_key_values=self._new_cache(),
+                                    use_cache=True, logits_to_keep=1).past_key_values
         live: list[_Row] = []
         cache = mask = None
         with torch.inference_mode():
@@ -90,7 +105,6 @@ class TorchBatchedDecoder:
         """Decode the admitted prompts together (left-padded; after the shared prefix's copied cells when given):
         their cache, 2-D mask and first greedy token each."""
         import torch
-        from transformers import DynamicCache
 
         bodies = [r.prompt[shared:] for r in admitted]
         width = max(len(b) for b in bodies)
@@ -102,12 +116,17 @@ class TorchBatchedDecoder:
             cache = copy.deepcopy(prefix)
             cache.batch_repeat_interleave(len(bodies))
         else:
-            cache = DynamicCache()
+            cache = self._new_cache()
         out = self.model(input_ids=ids, attention_mask=full_mask, position_ids=pos, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
         for r in admitted:
             r.next_pos = len(r.prompt)
         return out.past_key_values, full_mask, out.logits[:, -1, :].argmax(-1).tolist()
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
 
     def _accept(self, row: _Row, token: int, max_new: int, stopped: Callable[[list[int]], bool]) -> bool:
         """Take ``token`` into ``row``; False once the row is done (EOS, stop test, or ``max_new`` tokens)."""

@@ -84,3 +84,34 @@ def test_greedy_chat_batch_equals_chat_and_sampling_keeps_generate(sharp_model_d
     assert {c.finish_reason for c in batched} <= {"stop", "length"}
     chat.continuous = False
     assert [c.text for c in chat.chat_batch(convs, params)] == [c.text for c in batched]
+
+
+def test_models_generate_would_decode_differently_keep_generate(sharp_model_dir: Path) -> None:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    chat = HFChat(sharp_model_dir, threads=1, batch_size=2)
+    assert chat.continuous and hb.supports_model(chat.model)
+    chat.model.generation_config.repetition_penalty = 1.1  # generate's greedy choice is no longer a plain argmax
+    assert not hb.supports_model(chat.model)
+    sliding = MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
+                                               num_attention_heads=2, num_key_value_heads=1, intermediate_size=32,
+                                               sliding_window=4))
+    assert not hb.supports_model(sliding), "sliding-window layers count positions, so padded rows would shift them"
+
+
+def test_rows_ended_by_eos_count_the_same_both_ways_when_pad_is_not_eos(sharp_model_dir: Path) -> None:
+    """completion_tokens and finish_reason agree between continuous batching and generate (pad ≠ eos, as in Qwen)."""
+    convs = [[{"role": "user", "content": f"Item {i}: " + "tell me more. " * i}] for i in range(6)]
+    chat = HFChat(sharp_model_dir, threads=1, batch_size=3)
+    free = chat.chat_batch(convs, SamplingParams(max_tokens=12, temperature=0.0))
+    ids = chat.tokenizer([c.text for c in free], add_special_tokens=False)["input_ids"]
+    frequent = max({t for row in ids for t in row[2:]}, key=lambda t: sum(row.count(t) for row in ids))
+    chat.model.generation_config.eos_token_id = [chat.tokenizer.eos_token_id, frequent]  # rows now end early
+    chat.tokenizer.pad_token = "<|endoftext|>"
+    assert chat.tokenizer.pad_token_id not in chat._eos_ids()
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    batched = chat.chat_batch(convs, params)
+    single = [chat.chat(c, params) for c in convs]
+    key = [(c.text, c.completion_tokens, c.finish_reason) for c in batched]
+    assert key == [(c.text, c.completion_tokens, c.finish_reason) for c in single]
+    assert any(c.finish_reason == "stop" and c.completion_tokens < 12 for c in batched)
