@@ -70,7 +70,7 @@ def _artifacts(report: dict[str, Any]) -> list[str]:
     decoded = [r for r in report["artifacts"] if r.get("decoding")]
     if decoded:
         if any(r["decoding"] != "batch 1" for r in decoded):
-            why = ("Batched rows are fp32 references (continuous batching is not batch-invariant: the check "
+            why = ("Batched rows are fp32 references (batched decoding is not batch-invariant: the check "
                    "re-answers their first items one at a time); shipped files are scored one sequence at a time, "
                    "as a device runs them.")
         else:
