@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +24,7 @@ WINDOW_BATCHES = 4  # conversations per evaluate call = 4 batches, so finished r
 
 
 class HFChat:
-    """A transformers causal LM with batched, left-padded generation."""
+    """A transformers causal LM: greedy batches by continuous batching, the rest by ``generate`` (module docstring)."""
 
     def __init__(self, model_dir: str | Path, *, threads: int = 2, batch_size: int = 8, name: str | None = None):
         import torch
@@ -98,14 +98,7 @@ class HFChat:
                                                                      add_generation_prompt=True),
                                   add_special_tokens=False)["input_ids"] for c in conversations]
         shared = shared_prefix_len(prompts)
-        pattern = re.compile(params.stop_regex) if params.stop_regex else None
-
-        def stopped(tokens: list[int]) -> bool:
-            if not params.stop and pattern is None:
-                return False
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            return any(s in text for s in params.stop if s) or bool(pattern and pattern.search(text))
-
+        stopped = _text_stop_test(self.tokenizer, params) or (lambda tokens: False)
         decoder = TorchBatchedDecoder(self.model, n_rows=self.batch_size, eos_ids=self._eos_ids(),
                                       pad_id=self.tokenizer.pad_token_id)
         outs = decoder.generate(prompts, params.max_tokens, stopped,
@@ -144,25 +137,36 @@ def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def _text_stop_test(tokenizer, params: SamplingParams) -> Callable[[list[int]], bool] | None:
+    """Whether generated tokens, as text, contain a stop string or match ``stop_regex`` (None: nothing to test)."""
+    if not params.stop and not params.stop_regex:
+        return None
+    pattern = re.compile(params.stop_regex) if params.stop_regex else None
+
+    def stopped(tokens) -> bool:
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        return any(s in text for s in params.stop if s) or bool(pattern and pattern.search(text))
+
+    return stopped
+
+
 def _text_stop_criteria(tokenizer, prompt_len: int, params: SamplingParams) -> StoppingCriteriaList | None:
     """Stop each row of a batch once its new text contains a stop string or matches ``stop_regex``.
 
     Without this a row that has already written its answer line keeps decoding to ``max_tokens``, which
     dominates evaluation time on CPU. Rows stop independently (transformers pads finished rows).
     """
-    if not params.stop and not params.stop_regex:
+    stopped = _text_stop_test(tokenizer, params)
+    if stopped is None:
         return None
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
-
-    pattern = re.compile(params.stop_regex) if params.stop_regex else None
 
     class _TextStop(StoppingCriteria):
         def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
             done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             for i, row in enumerate(input_ids[:, prompt_len:]):
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                done[i] = any(s in text for s in params.stop if s) or bool(pattern and pattern.search(text))
+                done[i] = stopped(row)
             return done
 
     return StoppingCriteriaList([_TextStop()])

@@ -10,8 +10,8 @@ left; columns no row needs any more are trimmed. A prompt prefix shared by every
 its cells copied to each new row.
 
 Greedy only, and only for models :func:`supports_model` accepts; outputs equal one-at-a-time decoding up to float
-rounding (batched matmuls are not batch-invariant),
-which is why the evaluate stage still re-answers a sample one at a time and reports the agreement.
+rounding (batched matmuls are not batch-invariant), which is why the evaluate stage still re-answers a sample one
+at a time and reports the agreement.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ TRIM_AT = 32  # leading columns masked in every row before they are cut from the
 class _Row:
     """One greedy sequence in flight."""
 
-    index: int
     prompt: list[int]
     tokens: list[int] = field(default_factory=list)
     finished: bool = False  # EOS or the caller's stop test, before the token limit
@@ -69,7 +68,7 @@ class TorchBatchedDecoder:
         once)."""
         import torch
 
-        rows = [_Row(i, list(p)) for i, p in enumerate(prompts)]
+        rows = [_Row(list(p)) for p in prompts]
         queue = deque(sorted(rows, key=lambda r: len(r.prompt)))
         prefix = None
         if shared:
