@@ -15,7 +15,9 @@ Stages (issue 16, item 4); *old* is the code before issue 16 (``git show 7ef64cb
 
 - ``train``: the demo recipe's LoRA training of its student on the demo's examples (``runs/demo/data/
   examples.jsonl`` when a demo ran, else ``--n-train`` train-pool questions with their gold answer as a short
-  target). *old*: padded batches; *new*: padding-free batches (``train.padding_free``). Reported: median tokens/s
+  target). *old*: padded batches, TRL's fused LM head over every position; *new*: padding-free batches
+  (``train.padding_free``), attention per packed example and the LM head over the labelled (completion) positions
+  only. Reported: median tokens/s
   (real tokens, both ways), the loss at every logged step of both (max absolute difference).
 
 - ``eval``: the demo run's evaluate stage on its first ``--eval-items`` held-out items (needs a finished demo in
@@ -172,25 +174,40 @@ def train_examples(recipe: Any, task: Any, n: int) -> tuple[list[dict[str, Any]]
     return rows, f"{len(rows)} train-pool questions with a gold target (no demo run found)"
 
 
-def run_train(recipe: Any, examples: list[dict[str, Any]], padding_free: bool, work: Path) -> dict[str, Any]:
-    """One LoRA training of the demo's student on ``examples``; seconds, tokens/s and the loss curve."""
+def run_train(recipe: Any, examples: list[dict[str, Any]], new: bool, work: Path) -> dict[str, Any]:
+    """One LoRA training of the demo's student on ``examples``; seconds, tokens/s and the loss curve. ``new``:
+    padding-free batches, attention per example, the LM head on labelled positions only; else padded batches, SDPA
+    and the LM head on every position."""
+    import contextlib
     import shutil
 
     from arte_edge import models
+    from arte_edge.training import sft
     from arte_edge.training.sft import train_adapter
+
+    padding_free = new
 
     shutil.rmtree(work, ignore_errors=True)
     cfg = recipe.train.model_copy(update={"padding_free": padding_free, "precision": "fp32", "save_steps": 10_000})
     base = models.hf_folder(recipe.student.model)
     load = os.getloadavg()[0]
-    start = time.perf_counter()
-    info = train_adapter(base, examples, work / "adapter", cfg, recipe.seed, work / "checkpoints")
-    seconds = time.perf_counter() - start
+    switches = sft.labelled_positions_only, sft.per_example_attention
+    if not new:  # the old path: TRL's fused head projects every position on CPU, SDPA attends over the whole row
+        sft.labelled_positions_only = lambda: contextlib.nullcontext(False)
+        sft.per_example_attention = lambda model: contextlib.nullcontext(False)
+    try:
+        start = time.perf_counter()
+        info = train_adapter(base, examples, work / "adapter", cfg, recipe.seed, work / "checkpoints")
+        seconds = time.perf_counter() - start
+    finally:
+        sft.labelled_positions_only, sft.per_example_attention = switches
     history = json.loads((work / "train_log.json").read_text())
     losses = [h["loss"] for h in history if "loss" in h]
     return {"seconds": seconds, "train_runtime_s": info["runtime_s"], "tokens": info["tokens"],
             "tokens_per_s": info["tokens"] / info["runtime_s"] if info["tokens"] and info["runtime_s"] else None,
-            "precision": info["precision"], "padding_free": padding_free, "losses": losses, "load_1m": load}
+            "precision": info["precision"], "padding_free": padding_free, "lm_head": info["lm_head"],
+            "attention": info["attention"], "losses": losses,
+            "load_1m": load}
 
 
 def train_ceiling(model_dir: Path, threads: int, rows: int = 512) -> dict[str, Any]:
@@ -216,7 +233,8 @@ def train_ceiling(model_dir: Path, threads: int, rows: int = 512) -> dict[str, A
 
 
 def measure_train(args: argparse.Namespace) -> dict[str, Any]:
-    """Training old (padded batches) vs new (padding-free), alternating; tokens/s medians and the loss curves."""
+    """Training old (padded, every position) vs new (padding-free, labelled positions), alternating; tokens/s
+    medians and the loss curves."""
     import tempfile
 
     recipe, task, _, _ = demo_jobs(1)
@@ -355,7 +373,10 @@ def main(argv: list[str] | None = None) -> None:
     if "eval" in args.stages:
         results["eval"] = measure_eval(args)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "pipeline_speed.json").write_text(json.dumps(results, indent=1))
+    out = RESULTS / "pipeline_speed.json"
+    earlier = json.loads(out.read_text()) if out.exists() else {}  # stages not measured now keep their last run
+    measured = time.strftime("%Y-%m-%d %H:%M")
+    out.write_text(json.dumps({**earlier, **{k: {**v, "measured": measured} for k, v in results.items()}}, indent=1))
     print("| stage | n | old (median) | new (median) | speedup | detail | agreement | ceiling |")
     print("|---|---:|---:|---:|---:|---|---|---|")
     if "teacher" in results:
@@ -371,7 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     if "train" in results:
         r = results["train"]
         print(f"| train | {r['n_examples']} | {r['old_median_tok_s']:.0f} tok/s | {r['new_median_tok_s']:.0f} tok/s | "
-              f"{r['speedup']:.2f}× | padded → padding-free ({r['precision']}) | "
+              f"{r['speedup']:.2f}× | padded, LM head on every position → padding-free, per-example "
+              f"attention, LM head on labelled positions ({r['precision']}) | "
               f"final loss {r['final_loss']['old']:.3f} vs "
               f"{r['final_loss']['new']:.3f} (max step diff {r['loss_max_abs_diff']}) | matmul roofline "
               f"{r['ceiling']['tokens_per_s']:.0f} tok/s ({r['ceiling']['matmul_gflops']:.0f} GFLOP/s; "

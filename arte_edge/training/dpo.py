@@ -16,6 +16,7 @@ from typing import Any
 
 from arte_edge.errors import ArteError
 from arte_edge.rundir import atomic_write_json
+from arte_edge.training.lm_head import labelled_positions_only
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ def train_dpo(base_dir: Path, pairs: Sequence[dict[str, Any]], out_dir: Path, se
     work = out_dir.with_name(out_dir.name + ".work")
     trainer = DPOTrainer(model=model, args=dpo_config(settings, work, seed, len(pairs)), train_dataset=data,
                          processing_class=tokenizer, peft_config=peft)
-    result = trainer.train()
+    with labelled_positions_only():  # on CPU, the LM head skips prompt positions (same gradients)
+        result = trainer.train()
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))

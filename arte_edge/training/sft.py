@@ -6,7 +6,9 @@ for folders keyed by what produced them); a killed run resumes from the last che
 off on CPU (slower there); ``train.precision: auto`` is bf16 mixed precision on CUDA with bf16 and fp32 on CPU
 (measured: no faster on an AMX CPU, slower without AMX); ``bf16`` forces autocast anywhere. Batches are
 padding-free by default (``train.padding_free``): the examples of a batch are one sequence, kept apart by their
-position ids, so no padding token is computed.
+position ids, so no padding token is computed. On CPU each example attends on its own
+(:mod:`arte_edge.training.packed_attention`) and the LM head projects only the completion's positions
+(:mod:`arte_edge.training.lm_head`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from arte_edge.config import TrainConfig
 from arte_edge.errors import ArteError
 from arte_edge.progress import log, progress, quiet_libraries
 from arte_edge.rundir import partial_path
+from arte_edge.training.lm_head import labelled_positions_only
+from arte_edge.training.packed_attention import per_example_attention
 
 
 def to_prompt_completion(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -151,7 +155,8 @@ def train_adapter(base_dir: Path, examples: list[dict[str, Any]], out_dir: Path,
         log(f"train: resuming from {resume}")
     with progress("train", trainer.state.max_steps or None) as advance:
         trainer.add_callback(_progress_callback(advance))
-        result = trainer.train(resume_from_checkpoint=resume)
+        with labelled_positions_only() as compact, per_example_attention(model) as per_example:
+            result = trainer.train(resume_from_checkpoint=resume)
     # Under `accelerate launch` every rank gets here. save_model is collective (FSDP gathers shards) and
     # writes on the main process only; everything else in the run directory is the main process's job.
     main = trainer.accelerator.is_main_process
@@ -173,6 +178,8 @@ def train_adapter(base_dir: Path, examples: list[dict[str, Any]], out_dir: Path,
             "runtime_s": round(result.metrics.get("train_runtime", 0.0), 1), "mode": cfg.mode,
             "precision": resolve_precision(cfg.precision), "tokens": _trained_tokens(trainer.state.log_history),
             "world_size": trainer.accelerator.num_processes,
+            "lm_head": "labelled positions" if compact else "every position",
+            "attention": "per example" if per_example else "sdpa",
             "resumed_from": resume}
 
 
