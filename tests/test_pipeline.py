@@ -103,8 +103,8 @@ def test_full_pipeline_writes_report_contract(tmp_path: Path, tiny_model_dir: Pa
     assert decoding["gguf-q8_0"] == ("batch 1", None)
     for name in ("base", "base-fewshot", "merged"):
         mode, check = decoding[name]
-        assert mode == "batched 16" and check["n"] == 8 and 0 <= check["same_answer"] <= 8
-    assert "Decoding while scoring (greedy): base batched 16 (vs batch 1 on 8 items:" in (
+        assert mode == "batched 32" and check["n"] == 8 and 0 <= check["same_answer"] <= 8
+    assert "Decoding while scoring (greedy): base batched 32 (vs batch 1 on 8 items:" in (
         run.root / "report" / "report.md").read_text()
 
     # Same command again: every stage is skipped and nothing changes.

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from arte_edge.backends.base import Completion, Message, SamplingParams
-from arte_edge.backends.llamacpp_batched import BatchedDecoder
+from arte_edge.backends.llamacpp_batched import BatchedDecoder, FollowUp
 from arte_edge.errors import ArteError
 
 QUEUE_PER_SLOT = 4  # a chat_batch call of 4 conversations per slot keeps the slots full until the last few
@@ -99,6 +99,22 @@ class LlamaCppChat:
             self._batched = BatchedDecoder(self.llm, n_seq=self.batch_size, n_ctx_per_seq=self.n_ctx,
                                            threads=self.threads)
         return self._batched.generate(conversations, params)
+
+    def chat_batch_then(self, conversations: Sequence[Sequence[Message]], params: SamplingParams,
+                        followup: FollowUp, followup_params: SamplingParams,
+                        ) -> list[tuple[Completion, Completion | None]]:
+        """:meth:`chat_batch`, and a next turn wherever ``followup(i, completion)`` asks for one, answered in the
+        same slot as soon as the first turn ends: the conversation's KV cells are kept, so only the new turn's
+        tokens are processed (see :meth:`BatchedDecoder.generate_then`)."""
+        if self.batch_size <= 1 or len(conversations) <= 1:
+            firsts = [self.chat(conv, params) for conv in conversations]
+            asks = [(i, followup(i, c)) for i, c in enumerate(firsts)]
+            nexts = {i: self.chat(conv, followup_params) for i, conv in asks if conv is not None}
+            return [(c, nexts.get(i)) for i, c in enumerate(firsts)]
+        if self._batched is None:
+            self._batched = BatchedDecoder(self.llm, n_seq=self.batch_size, n_ctx_per_seq=self.n_ctx,
+                                           threads=self.threads)
+        return self._batched.generate_then(conversations, params, followup, followup_params)
 
     def close(self) -> None:
         """Free the batched context and the model."""

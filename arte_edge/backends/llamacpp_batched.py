@@ -14,13 +14,16 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from arte_edge.backends.base import Completion, Message, SamplingParams
 from arte_edge.errors import ArteError
 
 N_BATCH = 512  # tokens per llama_decode call (decode tokens first, then prompt chunks)
+
+# ``followup(i, completion)``: the next turn's whole conversation for conversation i, or None when it is done
+FollowUp = Callable[[int, Completion], Sequence[Message] | None]
 
 
 def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
@@ -43,7 +46,11 @@ class _Seq:
     prompt: list[int]
     stop: list[str]
     rng: object
+    params: SamplingParams
+    index: int = 0  # the conversation it answers
+    followup: bool = False  # a next turn (never followed up itself)
     tokens: list[int] = field(default_factory=list)
+    cached: int = 0  # tokens of prompt + answer whose KV cells are in its slot
     text: str = ""
     finish: str | None = None
     fed: int = 0  # prompt tokens in the KV cache so far (the shared prefix included)
@@ -102,18 +109,22 @@ class BatchedDecoder:
 
         Sampled output is seeded by position (``params.seed + first_index + i``), whatever slot it runs in.
         """
+        return [first for first, _ in self.generate_then(conversations, params, first_index=first_index)]
+
+    def generate_then(self, conversations: Sequence[Sequence[Message]], params: SamplingParams,
+                      followup: FollowUp | None = None, followup_params: SamplingParams | None = None,
+                      first_index: int = 0) -> list[tuple[Completion, Completion | None]]:
+        """:meth:`generate`, and where ``followup(i, completion)`` returns a next turn's conversation as soon as
+        conversation i finishes, that turn is answered in the same slot with ``followup_params``. The slot keeps the
+        KV cells of the prompt and answer it already holds, so only the new turn's tokens are processed (the longest
+        common token prefix is kept, as llama-server's prompt cache does). ``(first, follow-up or None)`` each.
+        """
         import numpy as np
 
-        seqs = []
-        for i, conv in enumerate(conversations):
-            prompt, stop = self._prompt(conv)
-            seqs.append(_Seq(prompt, [*stop, *params.stop],
-                             np.random.default_rng(params.seed + first_index + i)))
+        seqs = [self._seq(conv, params, np.random.default_rng(params.seed + first_index + i), i)
+                for i, conv in enumerate(conversations)]
         mem = self.lc.llama_get_memory(self.ctx)
         self.lc.llama_memory_clear(mem, True)
-        for seq in seqs:
-            if len(seq.prompt) + 1 >= self.n_ctx_per_seq:
-                seq.finish = "error"
         live = [s for s in seqs if s.finish is None]
         n_slots = min(self.n_seq, len(live))
         shared = shared_prefix_len([s.prompt for s in live]) if self.share_prefix and len(live) > 1 else 0
@@ -124,15 +135,40 @@ class BatchedDecoder:
             for sid in range(1, n_slots):
                 self.lc.llama_memory_seq_cp(mem, 0, sid, 0, shared)
         for k, seq in enumerate(live):
-            seq.fed = shared
+            seq.fed = seq.cached = shared
             seq.processed = len(seq.prompt) - shared + (shared if k == 0 else 0)
-            seq.limit = min(params.max_tokens, self.n_ctx_per_seq - len(seq.prompt))
-        self._run(deque(live), n_slots, shared, params, mem)
-        return [self._completion(s) for s in seqs]
+        followups: dict[int, _Seq] = {}
+        then = None
+        if followup is not None:
+            def then(seq: _Seq) -> _Seq | None:
+                conv = followup(seq.index, self._completion(seq))
+                if conv is None:
+                    return None
+                nxt = self._seq(conv, followup_params or params,
+                                np.random.default_rng((followup_params or params).seed + first_index + seq.index),
+                                seq.index)
+                nxt.followup = True
+                followups[seq.index] = nxt
+                return nxt
+        self._run(deque(live), n_slots, shared, mem, then)
+        return [(self._completion(s), self._completion(followups[s.index]) if s.index in followups else None)
+                for s in seqs]
 
-    def _run(self, queue: deque[_Seq], n_slots: int, shared: int, params: SamplingParams, mem) -> None:
-        """Decode until the queue and every slot are empty: one ``llama_decode`` per step for all slots."""
+    def _seq(self, conversation: Sequence[Message], params: SamplingParams, rng, index: int) -> _Seq:
+        """A conversation ready to queue (finished as an error when its prompt leaves no room to answer)."""
+        prompt, stop = self._prompt(conversation)
+        seq = _Seq(prompt, [*stop, *params.stop], rng, params, index)
+        seq.limit = min(params.max_tokens, self.n_ctx_per_seq - len(prompt))
+        if len(prompt) + 1 >= self.n_ctx_per_seq:
+            seq.finish = "error"
+        return seq
+
+    def _run(self, queue: deque[_Seq], n_slots: int, shared: int, mem,
+             then: Callable[[_Seq], _Seq | None] | None = None) -> None:
+        """Decode until the queue and every slot are empty: one ``llama_decode`` per step for all slots. A finished
+        sequence for which ``then`` gives a next one hands its slot (and the cells they share) to it."""
         slots: list[_Seq | None] = [None] * n_slots
+        elsewhere: list[_Seq] = []
         while queue or any(slots):
             for sid in range(n_slots):
                 if slots[sid] is None and queue:
@@ -144,23 +180,54 @@ class BatchedDecoder:
                 if s is not None and s.fed == len(s.prompt):
                     entries.append((s.tokens[-1], len(s.prompt) + len(s.tokens) - 1, sid, True))
                     rows.append((len(entries) - 1, s))
+                    s.cached = len(s.prompt) + len(s.tokens)
             for sid, s in enumerate(slots):  # then prompt chunks of admitted slots, as far as the batch has room
                 if s is None or s.fed == len(s.prompt) or len(entries) >= N_BATCH:
                     continue
                 take = min(N_BATCH - len(entries), len(s.prompt) - s.fed)
                 entries += [(s.prompt[pos], pos, sid, pos == len(s.prompt) - 1) for pos in range(s.fed, s.fed + take)]
-                s.fed += take
+                s.fed = s.cached = s.fed + take
                 if s.fed == len(s.prompt):
                     rows.append((len(entries) - 1, s))
             self._fill(entries)
             for row, s in rows:
-                self._accept(s, self._sample(row, s, params), params)
+                self._accept(s, self._sample(row, s))
             for sid, s in enumerate(slots):
                 if s is not None and s.fed == len(s.prompt) and (s.finish or len(s.tokens) >= s.limit):
                     s.finish = s.finish or "length"
                     s.seconds = time.perf_counter() - s.started
+                    nxt = then(s) if then is not None and not s.followup else None
                     slots[sid] = None
-                    self.lc.llama_memory_seq_rm(mem, sid, shared, -1)  # keep the shared prefix's cells
+                    if nxt is not None and nxt.finish is None:
+                        slots[sid] = self._continue(s, nxt, sid, shared, mem)
+                        if slots[sid] is None:
+                            elsewhere.append(nxt)
+                    if slots[sid] is None:
+                        self.lc.llama_memory_seq_rm(mem, sid, shared, -1)  # keep the shared prefix's cells
+        if elsewhere:  # follow-ups that do not start with the shared prefix: decoded whole, afterwards
+            self.lc.llama_memory_clear(mem, True)
+            for s in elsewhere:
+                s.fed = s.cached = 0
+                s.processed = len(s.prompt)
+            self._run(deque(elsewhere), min(self.n_seq, len(elsewhere)), 0, mem)
+
+    def _continue(self, done: _Seq, nxt: _Seq, sid: int, shared: int, mem) -> _Seq | None:
+        """Start ``nxt`` in ``done``'s slot on the cells of their longest common token prefix (at least one of its
+        prompt tokens is decoded again, for the logits of its first answer token); None when that prefix is
+        shorter than the shared one (a chat template that renders earlier turns differently): the slot must keep
+        the shared cells for the queue."""
+        held = (done.prompt + done.tokens)[:done.cached]
+        keep = 0
+        limit = min(len(held), len(nxt.prompt) - 1)
+        while keep < limit and held[keep] == nxt.prompt[keep]:
+            keep += 1
+        if keep < shared:
+            return None
+        self.lc.llama_memory_seq_rm(mem, sid, keep, -1)
+        nxt.fed = nxt.cached = keep
+        nxt.processed = len(nxt.prompt) - keep
+        nxt.started = time.perf_counter()
+        return nxt
 
     def _fill(self, entries: list[tuple[int, int, int, bool]]) -> None:
         """One ``llama_decode`` of ``(token, position, sequence, wants_logits)`` entries."""
@@ -173,9 +240,10 @@ class BatchedDecoder:
         if self.lc.llama_decode(self.ctx, b) != 0:
             raise ArteError("llama_decode failed in batched chat (KV cache full?)")
 
-    def _sample(self, row: int, seq: _Seq, params: SamplingParams) -> int:
+    def _sample(self, row: int, seq: _Seq) -> int:
         import numpy as np
 
+        params = seq.params
         ptr = self.lc.llama_get_logits_ith(self.ctx, row)
         logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
         if params.temperature <= 0:
@@ -191,7 +259,8 @@ class BatchedDecoder:
             probs = mask / mask.sum()
         return int(seq.rng.choice(self.n_vocab, p=probs))
 
-    def _accept(self, seq: _Seq, token: int, params: SamplingParams) -> None:
+    def _accept(self, seq: _Seq, token: int) -> None:
+        params = seq.params
         if self.lc.llama_vocab_is_eog(self.vocab, token):
             seq.finish = "stop"
             return

@@ -50,6 +50,28 @@ def chat_all(model: ChatModel, conversations: Sequence[Sequence[Message]], param
     return chat_seeded(model, conversations, params, [params.seed] * len(conversations))
 
 
+def chat_then(model: ChatModel, conversations: Sequence[Sequence[Message]], params: SamplingParams,
+              followup: Callable[[int, Completion], Sequence[Message] | None],
+              followup_params: SamplingParams) -> list[tuple[Completion, Completion | None]]:
+    """Every conversation answered as :func:`chat_all` does, then a next turn wherever ``followup(i, completion)``
+    gives one (the whole conversation so far plus the new turn), answered with ``followup_params``.
+
+    A backend that continues a conversation in place (``chat_batch_then``: llama.cpp's batched decoder keeps the
+    conversation's KV cells and processes only the new turn) does that for greedy turns; any other answers every
+    first turn, then every follow-up in one batched call. ``(first, follow-up or None)`` per conversation.
+    """
+    if not conversations:
+        return []
+    direct = getattr(model, "chat_batch_then", None)
+    if direct is not None and params.temperature == 0 and followup_params.temperature == 0:
+        return direct(conversations, params, followup, followup_params)
+    firsts = chat_all(model, conversations, params)
+    asks = [(i, conv) for i, first in enumerate(firsts) if (conv := followup(i, first)) is not None]
+    answers = model.chat_batch([conv for _, conv in asks], followup_params) if asks else []
+    nexts = {i: answer for (i, _), answer in zip(asks, answers, strict=True)}
+    return [(first, nexts.get(i)) for i, first in enumerate(firsts)]
+
+
 def teacher_window(teacher: ChatModel) -> int:
     """Candidates produced per batched teacher call: a server's concurrency, or as many conversations as keep a
     local batched decoder's slots full (its ``window``), else its decode batch size."""

@@ -79,3 +79,38 @@ def test_continuous_batching_refills_slots_and_matches_batch_one(tiny_gguf: Path
     assert processed[0] == together[0].prompt_tokens
     assert all(p < c.prompt_tokens for p, c in zip(processed[1:], together[1:], strict=True))
     assert all(c.seconds > 0 for c in together)
+
+
+def test_follow_up_turns_continue_in_their_slot_and_match_a_fresh_prompt(tiny_gguf: Path) -> None:
+    from arte_edge.backends.llamacpp import LlamaCppChat
+    from arte_edge.methods.common import chat_then
+
+    system = {"role": "system", "content": "Answer with a number, then stop. " * 4}
+    conversations = [[system, {"role": "user", "content": f"How many legs do {n} cats have? " * (1 + n % 2)}]
+                     for n in range(7)]
+    params, again = SamplingParams(max_tokens=10, temperature=0.0), SamplingParams(max_tokens=6, temperature=0.0)
+
+    def followup(i: int, first) -> list[dict[str, str]] | None:  # every other conversation gets a second turn
+        if i % 2:
+            return None
+        return [*conversations[i], {"role": "assistant", "content": first.text},
+                {"role": "user", "content": "Only the number, please."}]
+
+    model = LlamaCppChat(tiny_gguf, threads=1, n_ctx=512, batch_size=3)
+    try:
+        in_place = chat_then(model, conversations, params, followup, again)
+        firsts = [model.chat(c, params) for c in conversations]
+        fresh = {i: model.chat(conv, again) for i, first in enumerate(firsts)
+                 if (conv := followup(i, first)) is not None}
+    finally:
+        model.close()
+    assert [first.text for first, _ in in_place] == [c.text for c in firsts]
+    assert {i: nxt.text for i, (_, nxt) in enumerate(in_place) if nxt is not None} == {
+        i: c.text for i, c in fresh.items()}  # greedy: the kept cells give what a fresh prompt gives (f16, 1 thread)
+    assert [i for i, (_, nxt) in enumerate(in_place) if nxt is not None] == [0, 2, 4, 6]
+    for i, (first, nxt) in enumerate(in_place):
+        if nxt is None:
+            continue
+        # only the new turn's tokens (plus the answer's last token) were processed, not the conversation again
+        assert nxt.prompt_tokens == fresh[i].prompt_tokens
+        assert 0 < nxt.meta["prompt_tokens_processed"] < nxt.prompt_tokens - first.prompt_tokens + 2

@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from arte_edge.backends.base import ChatModel, Completion, SamplingParams
+from arte_edge.backends.base import ChatModel, Completion, Message, SamplingParams
 from arte_edge.methods.common import (
     DurableCollector,
     Outcome,
-    chat_all,
     chat_seeded,
+    chat_then,
     completion_cost,
     draft_messages,
     read_draft,
@@ -56,18 +56,23 @@ def answer_window(teacher: ChatModel, task: Task, jobs: Sequence[tuple[str, Item
     A completion that ended on its own but gave no parseable answer gets one follow-up turn asking for the
     answer line alone (two-stage answer extraction, as in zero-shot CoT): small teachers often reason
     correctly and then forget the format. Truncated completions are not rescued (their rationale is cut).
-    Greedy answers go through one batched call; sampled ones keep ``settings.seed`` each (:func:`chat_all`).
+    Greedy answers go through one batched call, follow-ups continuing in place where the backend can
+    (:func:`chat_then`); sampled ones keep ``settings.seed`` each.
     """
     params = SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature, seed=settings.seed)
     messages = [teacher_messages(task, item) for _, item, _ in jobs]
-    completions = chat_all(teacher, messages, params)
-    rescue = [i for i, c in enumerate(completions) if settings.answer_followup and c.ok and task.kind != "code"
-              and c.finish_reason == "stop" and task.extract_answer(c.text) is None]
-    followups = dict(zip(rescue, teacher.chat_batch(
-        [[*messages[i], {"role": "assistant", "content": completions[i].text},
-          {"role": "user", "content": ANSWER_FOLLOWUP}] for i in rescue],
-        SamplingParams(max_tokens=24, temperature=0.0, seed=settings.seed)) if rescue else [], strict=True))
-    return [_judge(task, job, settings, completions[i], followups.get(i)) for i, job in enumerate(jobs)]
+
+    def rescue(i: int, completion: Completion) -> list[Message] | None:
+        if (settings.answer_followup and completion.ok and task.kind != "code" and completion.finish_reason == "stop"
+                and task.extract_answer(completion.text) is None):
+            return [*messages[i], {"role": "assistant", "content": completion.text},
+                    {"role": "user", "content": ANSWER_FOLLOWUP}]
+        return None
+
+    answered = chat_then(teacher, messages, params, rescue,
+                         SamplingParams(max_tokens=24, temperature=0.0, seed=settings.seed))
+    return [_judge(task, job, settings, first, followup)
+            for job, (first, followup) in zip(jobs, answered, strict=True)]
 
 
 def _judge(task: Task, job: tuple[str, Item, dict[str, Any]], settings: GenerationSettings, completion: Completion,
