@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -58,3 +58,14 @@ class ChatModel(Protocol):
     def close(self) -> None:
         """Free the model."""
         ...
+
+
+def answer_followups(model: ChatModel, firsts: Sequence[Completion],
+                     followup: Callable[[int, Completion], Sequence[Message] | None],
+                     followup_params: SamplingParams) -> list[tuple[Completion, Completion | None]]:
+    """``(first, follow-up or None)`` per answered conversation: every next turn ``followup(i, first)`` asks for,
+    answered from scratch in one ``chat_batch`` call (for backends that cannot continue a conversation in place)."""
+    asks = [(i, conv) for i, first in enumerate(firsts) if (conv := followup(i, first)) is not None]
+    answers = model.chat_batch([conv for _, conv in asks], followup_params) if asks else []
+    nexts = {i: answer for (i, _), answer in zip(asks, answers, strict=True)}
+    return [(first, nexts.get(i)) for i, first in enumerate(firsts)]

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from arte_edge.backends.base import Completion, Message, SamplingParams
+from arte_edge.backends.base import Completion, Message, SamplingParams, answer_followups
 from arte_edge.backends.llamacpp_batched import BatchedDecoder, FollowUp
 from arte_edge.errors import ArteError
 
@@ -107,10 +107,7 @@ class LlamaCppChat:
         same slot as soon as the first turn ends: the conversation's KV cells are kept, so only the new turn's
         tokens are processed (see :meth:`BatchedDecoder.generate_then`)."""
         if self.batch_size <= 1 or len(conversations) <= 1:
-            firsts = [self.chat(conv, params) for conv in conversations]
-            asks = [(i, followup(i, c)) for i, c in enumerate(firsts)]
-            nexts = {i: self.chat(conv, followup_params) for i, conv in asks if conv is not None}
-            return [(c, nexts.get(i)) for i, c in enumerate(firsts)]
+            return answer_followups(self, self.chat_batch(conversations, params), followup, followup_params)
         if self._batched is None:
             self._batched = BatchedDecoder(self.llm, n_seq=self.batch_size, n_ctx_per_seq=self.n_ctx,
                                            threads=self.threads)

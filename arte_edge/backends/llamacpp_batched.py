@@ -139,13 +139,13 @@ class BatchedDecoder:
             seq.processed = len(seq.prompt) - shared + (shared if k == 0 else 0)
         followups: dict[int, _Seq] = {}
         then = None
+        next_params = followup_params or params
         if followup is not None:
             def then(seq: _Seq) -> _Seq | None:
                 conv = followup(seq.index, self._completion(seq))
                 if conv is None:
                     return None
-                nxt = self._seq(conv, followup_params or params,
-                                np.random.default_rng((followup_params or params).seed + first_index + seq.index),
+                nxt = self._seq(conv, next_params, np.random.default_rng(next_params.seed + first_index + seq.index),
                                 seq.index)
                 nxt.followup = True
                 followups[seq.index] = nxt

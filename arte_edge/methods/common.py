@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from arte_edge.backends.base import ChatModel, Completion, Message, SamplingParams
+from arte_edge.backends.base import ChatModel, Completion, Message, SamplingParams, answer_followups
 from arte_edge.evaluation.scoring import answer_messages
 from arte_edge.rundir import JsonlAppender, read_jsonl
 from arte_edge.tasks.balance import balance_example
@@ -65,11 +65,7 @@ def chat_then(model: ChatModel, conversations: Sequence[Sequence[Message]], para
     direct = getattr(model, "chat_batch_then", None)
     if direct is not None and params.temperature == 0 and followup_params.temperature == 0:
         return direct(conversations, params, followup, followup_params)
-    firsts = chat_all(model, conversations, params)
-    asks = [(i, conv) for i, first in enumerate(firsts) if (conv := followup(i, first)) is not None]
-    answers = model.chat_batch([conv for _, conv in asks], followup_params) if asks else []
-    nexts = {i: answer for (i, _), answer in zip(asks, answers, strict=True)}
-    return [(first, nexts.get(i)) for i, first in enumerate(firsts)]
+    return answer_followups(model, chat_all(model, conversations, params), followup, followup_params)
 
 
 def teacher_window(teacher: ChatModel) -> int:
